@@ -1,0 +1,114 @@
+"""The model catalog: every model name this server knows, its family, runner and timing profile.
+
+Timings are the simulated device's: seconds on an n150, scaled per device type by DEVICE_SPEED.
+They follow the upstream mocks' shape (long warmup, per-step or per-token cost, batch = base +
+per item), not measured TT numbers. A real runner ignores them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+#: Family → the routes it serves (as listed by /v1/models).
+FAMILY_ROUTES: dict[str, tuple[str, ...]] = {
+    "llm": ("/v1/completions", "/v1/chat/completions", "/v1/tokenize", "/v1/detokenize"),
+    "image": ("/v1/images/generations",),
+    "embedding": ("/v1/embeddings",),
+    "cnn": ("/v1/cnn/search-image",),
+    "audio": ("/v1/audio/transcriptions", "/v1/audio/translations"),
+    "tts": ("/v1/audio/speech",),
+    "video": ("/v1/videos/generations",),
+}
+
+#: Relative device speed (time multiplier) per TT device type; n150 is the reference.
+DEVICE_SPEED: dict[str, float] = {
+    "n150": 1.0,
+    "n300": 0.6,
+    "t3k": 0.3,
+    "p100": 0.6,
+    "p150": 0.5,
+    "p300": 0.35,
+    "p150x4": 0.2,
+    "p150x8": 0.12,
+    "p300x2": 0.25,
+    "galaxy": 0.1,
+    "bh-galaxy": 0.07,
+}
+
+
+@dataclass(frozen=True)
+class Timing:
+    """Simulated device time. A call costs base_s + per_item_s·items + per_step_s·steps."""
+
+    warmup_s: float
+    base_s: float = 0.0
+    per_item_s: float = 0.0
+    per_step_s: float = 0.0
+    per_token_s: float = 0.0
+
+    def scaled(self, factor: float) -> Timing:
+        return Timing(
+            warmup_s=self.warmup_s * factor,
+            base_s=self.base_s * factor,
+            per_item_s=self.per_item_s * factor,
+            per_step_s=self.per_step_s * factor,
+            per_token_s=self.per_token_s * factor,
+        )
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    name: str
+    family: str
+    runner: str
+    timing: Timing
+    hf_id: str = ""
+    options: dict[str, object] = field(default_factory=dict)
+
+    @property
+    def routes(self) -> tuple[str, ...]:
+        return FAMILY_ROUTES.get(self.family, ())
+
+
+def _m(name: str, family: str, runner: str, timing: Timing, hf_id: str = "", **options: object) -> ModelInfo:
+    return ModelInfo(name, family, runner, timing, hf_id or name, dict(options))
+
+
+CATALOG: dict[str, ModelInfo] = {
+    m.name: m
+    for m in (
+        _m("stable-diffusion-xl-base-1.0", "image", "sim-image", Timing(5.0, 0.05, 0.0, 0.11),
+           "stabilityai/stable-diffusion-xl-base-1.0", min_steps=12, size=1024),
+        _m("FLUX.1-dev", "image", "sim-image", Timing(9.0, 0.1, 0.0, 0.32),
+           "black-forest-labs/FLUX.1-dev", min_steps=4, size=1024),
+        _m("FLUX.1-schnell", "image", "sim-image", Timing(7.0, 0.1, 0.0, 0.28),
+           "black-forest-labs/FLUX.1-schnell", min_steps=4, size=1024),
+        _m("Z-Image-Turbo", "image", "sim-image", Timing(4.0, 0.04, 0.0, 0.09),
+           "Tongyi-MAI/Z-Image-Turbo", min_steps=1, size=1024),
+        _m("Qwen3-8B", "llm", "sim-llm", Timing(3.0, 0.04, 0.0, 0.0, 0.025), "Qwen/Qwen3-8B",
+           max_model_length=4096, max_concurrency=32),
+        _m("Llama-3.1-8B-Instruct", "llm", "sim-llm", Timing(3.0, 0.04, 0.0, 0.0, 0.022),
+           "meta-llama/Llama-3.1-8B-Instruct", max_model_length=8192, max_concurrency=32),
+        _m("bge-m3", "embedding", "sim-embedding", Timing(2.0, 0.01, 0.004), "BAAI/bge-m3", dimensions=1024),
+        _m("resnet-50", "cnn", "sim-cnn", Timing(1.5, 0.004, 0.002), "microsoft/resnet-50"),
+        _m("whisper-large-v3", "audio", "sim-whisper", Timing(6.0, 0.08, 0.0, 0.04),
+           "openai/whisper-large-v3"),
+        _m("distil-large-v3", "audio", "sim-whisper", Timing(4.0, 0.05, 0.0, 0.02),
+           "distil-whisper/distil-large-v3"),
+        _m("speecht5_tts", "tts", "sim-tts", Timing(3.0, 0.05, 0.0, 0.0, 0.004), "microsoft/speecht5_tts"),
+    )
+}
+
+
+def lookup(name: str) -> ModelInfo | None:
+    """Catalog entry by name, also accepting the Hugging Face id (upstream clients send either)."""
+    if name in CATALOG:
+        return CATALOG[name]
+    for info in CATALOG.values():
+        if info.hf_id == name:
+            return info
+    return None
+
+
+def with_runner(info: ModelInfo, runner: str) -> ModelInfo:
+    return replace(info, runner=runner)

@@ -1,0 +1,41 @@
+"""Runner registry: names → Runner classes, from the `ttmedia.runners` entry-point group.
+
+Real TT runners live in their own distribution and register under the same group, e.g.
+`[project.entry-points."ttmedia.runners"] tt-sdxl-trace = "tt_runners.sdxl:SDXLRunner"`.
+The built-in simulated runners are listed here too, so a source checkout works uninstalled.
+"""
+
+from __future__ import annotations
+
+import importlib
+from importlib.metadata import entry_points
+
+from ttmedia.runners.base import Runner
+
+BUILTIN: dict[str, str] = {
+    "sim-llm": "ttmedia.runners.sim.llm:SimLLMRunner",
+    "sim-image": "ttmedia.runners.sim.image:SimImageRunner",
+}
+
+
+class UnknownRunner(LookupError):
+    pass
+
+
+def available() -> dict[str, str]:
+    """Every runner name with its import target."""
+    found = dict(BUILTIN)
+    for ep in entry_points(group="ttmedia.runners"):
+        found.setdefault(ep.name, ep.value)
+    return found
+
+
+def load(name: str) -> type[Runner]:
+    target = available().get(name)
+    if target is None:
+        raise UnknownRunner(f"no runner named {name!r}; known: {', '.join(sorted(available()))}")
+    module_name, _, attr = target.partition(":")
+    cls = getattr(importlib.import_module(module_name), attr)
+    if not (isinstance(cls, type) and issubclass(cls, Runner)):
+        raise UnknownRunner(f"{target} is not a Runner subclass")
+    return cls

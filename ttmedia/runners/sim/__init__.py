@@ -1,0 +1,1 @@
+"""Simulated TT runners: real timing shape, real outputs, deterministic, with fault injection."""

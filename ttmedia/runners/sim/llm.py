@@ -1,0 +1,97 @@
+"""Simulated LLM (Qwen3-8B-like): paced token stream, deterministic text, max_tokens honoured.
+
+Text is drawn word by word from the tokenizer's vocabulary with a PRNG seeded from the prompt
+and seed, so the same request always yields the same completion. Prefill costs base_s, each
+token per_token_s; a batch decodes its requests together (continuous batching).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import random
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+from ttmedia.runners.base import Runner, RunnerContext, device_time
+from ttmedia.runners.sim import tokenizer
+
+
+def _rng(prompt: str, seed: int | None) -> random.Random:
+    digest = hashlib.sha256(f"{seed}\x00{prompt}".encode()).digest()
+    return random.Random(int.from_bytes(digest[:8], "big"))
+
+
+def generate_tokens(prompt: str, seed: int | None, max_tokens: int) -> tuple[list[str], str]:
+    """Token texts and finish reason ("stop" at the natural end, "length" at max_tokens)."""
+    rng = _rng(prompt, seed)
+    natural = rng.randint(24, 320)
+    words = tokenizer.WORDS
+    pieces: list[str] = []
+    sentence_start = True
+    while len(pieces) < min(natural, max_tokens):
+        word = rng.choice(words)
+        pieces.append((" " if pieces else "") + (word.capitalize() if sentence_start else word))
+        sentence_start = False
+        if rng.random() < 0.09 and len(pieces) < min(natural, max_tokens):
+            pieces.append(rng.choice(".!?") if rng.random() < 0.8 else ",")
+            sentence_start = pieces[-1] != ","
+    return pieces, ("length" if max_tokens < natural else "stop")
+
+
+def apply_stop(pieces: list[str], stop: list[str]) -> tuple[list[str], bool]:
+    """Cut the pieces before the first stop string, if any appears."""
+    if not stop:
+        return pieces, False
+    text = ""
+    for i, piece in enumerate(pieces):
+        text += piece
+        for s in stop:
+            if s and s in text:
+                return pieces[:i], True
+    return pieces, False
+
+
+class SimLLMRunner(Runner):
+    def __init__(self, ctx: RunnerContext) -> None:
+        super().__init__(ctx)
+        self.max_concurrency = int(ctx.options.get("max_concurrency", 32))
+
+    async def warmup(self) -> None:
+        await device_time(self.ctx.timing.warmup_s)
+
+    def _complete(self, request: dict[str, Any]) -> dict[str, Any]:
+        pieces, finish = generate_tokens(request["prompt"], request.get("seed"), request["max_tokens"])
+        pieces, stopped = apply_stop(pieces, request.get("stop") or [])
+        return {
+            "text": "".join(pieces),
+            "completion_tokens": len(pieces),
+            "finish_reason": "stop" if stopped else finish,
+        }
+
+    async def run(self, batch: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        results = [self._complete(r) for r in batch]
+        longest = max((r["completion_tokens"] for r in results), default=0)
+        t = self.ctx.timing
+        await device_time(t.base_s + t.per_token_s * longest)
+        return results
+
+    async def stream(self, request: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
+        pieces, finish = generate_tokens(request["prompt"], request.get("seed"), request["max_tokens"])
+        pieces, stopped = apply_stop(pieces, request.get("stop") or [])
+        t = self.ctx.timing
+        await device_time(t.base_s)
+        # Paced on an absolute schedule so scheduling jitter does not accumulate.
+        start = time.monotonic()
+        for i, piece in enumerate(pieces):
+            if t.per_token_s > 0:
+                delay = start + (i + 1) * t.per_token_s - time.monotonic()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+            yield {"text": piece, "index": i}
+        yield {
+            "final": True,
+            "completion_tokens": len(pieces),
+            "finish_reason": "stop" if stopped else finish,
+        }

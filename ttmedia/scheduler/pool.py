@@ -1,0 +1,296 @@
+"""One served model: its workers, its bounded queue, dispatch, and what happens when workers die.
+
+The queue lives here, in the event loop, not in a multiprocessing queue: the scheduler knows
+at every moment which request is waiting and which worker holds which request. That is what
+makes a hard queue bound, re-dispatch after a crash and removal of abandoned requests exact.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import time
+from collections import deque
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from ttmedia import problems
+from ttmedia.scheduler import protocol as p
+from ttmedia.scheduler.devices import ServedModel
+from ttmedia.scheduler.readiness import ModelState, WorkerState, derive_state, retry_after
+from ttmedia.scheduler.worker import WorkerHandle
+from ttmedia.settings import Settings
+
+_ids = itertools.count(1)
+
+#: Sentinel put on a stream's queue when the stream cannot go on.
+_STREAM_FAILED = object()
+
+
+@dataclass(eq=False)
+class Ticket:
+    """One request's journey through the scheduler."""
+
+    payload: dict[str, Any]
+    stream: bool
+    id: str = field(default_factory=lambda: f"r{next(_ids)}")
+    future: asyncio.Future[Any] | None = None
+    chunks: asyncio.Queue[Any] | None = None
+    error: BaseException | None = None
+    worker: WorkerHandle | None = None
+    attempts: int = 0
+    started: bool = False  # a stream has produced output: it cannot be replayed
+    enqueued_at: float = field(default_factory=time.monotonic)
+    dispatched_at: float = 0.0
+
+
+class ModelPool:
+    def __init__(self, model: ServedModel, settings: Settings, loop: asyncio.AbstractEventLoop,
+                 make_worker: Any) -> None:
+        self.model = model
+        self.settings = settings
+        self.loop = loop
+        self.pending: deque[Ticket] = deque()
+        self.workers: list[WorkerHandle] = [make_worker(self, group) for group in model.groups]
+        self.draining = False
+        self.drain_deadline = 0.0
+        self.service_time_s = max(model.info.timing.base_s, 0.001)  # EWMA of per-request time
+        self.idle = asyncio.Event()
+        self.idle.set()
+
+    # --- state ----------------------------------------------------------------------------------
+
+    @property
+    def name(self) -> str:
+        return self.model.name
+
+    def state(self) -> ModelState:
+        now = time.monotonic()
+        return derive_state([w.view(now) for w in self.workers], self.draining)
+
+    def retry_after(self) -> float:
+        now = time.monotonic()
+        views = [w.view(now) for w in self.workers]
+        state = derive_state(views, self.draining)
+        return retry_after(views, state, self.drain_deadline - now)
+
+    def not_ready(self, reason: str | None = None) -> problems.NotReady:
+        state = self.state()
+        reason = reason or state.reason or "no_workers"
+        messages = {
+            "warming_up": f"Model {self.name} is warming up.",
+            "no_workers": f"Model {self.name} has no ready worker; workers are restarting.",
+            "init_failed": f"Model {self.name} failed: every worker failed to start or exhausted its restarts.",
+            "draining": "The server is shutting down.",
+            "worker_lost": f"The worker serving this request for {self.name} died.",
+        }
+        return problems.NotReady(messages[reason], reason=reason, retry_after=self.retry_after(),
+                                 model=self.name, state=state.value)
+
+    def check_ready(self) -> None:
+        if not self.state().serving:
+            raise self.not_ready()
+
+    # --- admission ------------------------------------------------------------------------------
+
+    def _admit(self, payload: dict[str, Any], stream: bool) -> Ticket:
+        self.check_ready()
+        if len(self.pending) >= self.settings.max_queue_size:
+            ready = sum(w.state is WorkerState.READY for w in self.workers) or 1
+            wait = len(self.pending) * self.service_time_s / ready
+            raise problems.QueueFull(
+                f"The queue of {self.name} is full ({self.settings.max_queue_size} requests waiting).",
+                retry_after=wait,
+            )
+        ticket = Ticket(payload, stream)
+        if stream:
+            ticket.chunks = asyncio.Queue()
+        else:
+            ticket.future = self.loop.create_future()
+        self.pending.append(ticket)
+        self.idle.clear()
+        self.pump()
+        return ticket
+
+    async def submit(self, payload: dict[str, Any]) -> Any:
+        """Run one non-streaming request; raise a Problem if it cannot be served."""
+        ticket = self._admit(payload, stream=False)
+        assert ticket.future is not None
+        try:
+            return await asyncio.wait_for(asyncio.shield(ticket.future),
+                                          self.settings.request_processing_timeout_seconds)
+        except TimeoutError:
+            self._timed_out(ticket)
+            raise problems.Timeout(
+                f"{self.name} did not answer within {self.settings.request_processing_timeout_seconds:g} s."
+            ) from None
+        except asyncio.CancelledError:
+            self._abandon(ticket)
+            raise
+
+    def open_stream(self, payload: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
+        """Admit a streaming request now (so 429/503 come before any 200), then iterate chunks."""
+        ticket = self._admit(payload, stream=True)
+        return self._iterate(ticket)
+
+    async def _iterate(self, ticket: Ticket) -> AsyncIterator[dict[str, Any]]:
+        assert ticket.chunks is not None
+        timeout = self.settings.request_processing_timeout_seconds
+        finished = False
+        try:
+            while True:
+                try:
+                    chunk = await asyncio.wait_for(ticket.chunks.get(), timeout)
+                except TimeoutError:
+                    self._timed_out(ticket)
+                    raise problems.Timeout(f"{self.name} stopped producing output for {timeout:g} s.") from None
+                if chunk is _STREAM_FAILED:
+                    finished = True
+                    assert ticket.error is not None
+                    raise ticket.error
+                yield chunk
+                if chunk.get("final"):
+                    finished = True
+                    return
+        finally:
+            if not finished:
+                self._abandon(ticket)
+
+    # --- dispatch -------------------------------------------------------------------------------
+
+    def pump(self) -> None:
+        """Hand waiting requests to ready workers with free capacity."""
+        while self.pending:
+            worker = min((w for w in self.workers if w.free), key=lambda w: w.load, default=None)
+            if worker is None:
+                return
+            first = self.pending.popleft()
+            if first.stream:
+                self._send(worker, [first], (p.STREAM, first.id, first.payload))
+                continue
+            batch = [first]
+            while (self.pending and len(batch) < self.settings.max_batch_size
+                   and not self.pending[0].stream):
+                batch.append(self.pending.popleft())
+            batch_id = f"b{next(_ids)}"
+            worker.batches[batch_id] = {t.id for t in batch}
+            self._send(worker, batch, (p.RUN, batch_id, [(t.id, t.payload) for t in batch]))
+
+    def _send(self, worker: WorkerHandle, tickets: list[Ticket], message: tuple[Any, ...]) -> None:
+        now = time.monotonic()
+        for t in tickets:
+            t.worker, t.dispatched_at = worker, now
+            worker.inflight[t.id] = t
+        worker.load += 1
+        worker.send(message)  # a dead pipe is noticed by the reader, which re-dispatches
+
+    def _finish(self, worker: WorkerHandle, ticket_id: str) -> Ticket | None:
+        ticket = worker.inflight.pop(ticket_id, None)
+        if ticket is None:
+            return None
+        for batch_id, members in list(worker.batches.items()):
+            if ticket_id in members:
+                members.discard(ticket_id)
+                if not members:
+                    del worker.batches[batch_id]
+                    worker.load -= 1
+                break
+        else:  # a stream
+            worker.load -= 1
+        elapsed = time.monotonic() - ticket.dispatched_at
+        self.service_time_s = 0.8 * self.service_time_s + 0.2 * elapsed
+        return ticket
+
+    def _settle(self) -> None:
+        if not self.pending and not any(w.inflight for w in self.workers):
+            self.idle.set()
+        self.pump()
+
+    # --- messages from workers ------------------------------------------------------------------
+
+    def on_result(self, worker: WorkerHandle, ticket_id: str, result: Any) -> None:
+        ticket = self._finish(worker, ticket_id)
+        if ticket and ticket.future and not ticket.future.done():
+            ticket.future.set_result(result)
+        self._settle()
+
+    def on_error(self, worker: WorkerHandle, ticket_id: str, kind: str, message: str) -> None:
+        worker.error_count += 1
+        ticket = self._finish(worker, ticket_id)
+        if ticket:
+            if kind == p.ERROR_REQUEST:
+                exc: problems.Problem = problems.InvalidRequest(f"{self.name} rejected the request: {message}")
+            else:
+                exc = problems.Internal(f"{self.name} failed on this request: {message}")
+            self._fail(ticket, exc)
+        self._settle()
+
+    def on_chunk(self, worker: WorkerHandle, ticket_id: str, chunk: dict[str, Any]) -> None:
+        ticket = worker.inflight.get(ticket_id)
+        if ticket and ticket.chunks is not None:
+            ticket.started = True
+            ticket.chunks.put_nowait(chunk)
+
+    def on_end(self, worker: WorkerHandle, ticket_id: str, final: dict[str, Any]) -> None:
+        ticket = self._finish(worker, ticket_id)
+        if ticket and ticket.chunks is not None:
+            ticket.chunks.put_nowait({**final, "final": True})
+        self._settle()
+
+    def on_worker_lost(self, worker: WorkerHandle) -> None:
+        """A worker died holding requests: re-dispatch each once, or fail it with 503."""
+        orphans = list(worker.inflight.values())
+        worker.inflight.clear()
+        worker.batches.clear()
+        worker.load = 0
+        has_ready = any(w.state is WorkerState.READY for w in self.workers if w is not worker)
+        for ticket in reversed(orphans):  # reversed + appendleft keeps their order
+            if has_ready and ticket.attempts == 0 and not ticket.started and not self.draining:
+                ticket.attempts += 1
+                ticket.worker = None
+                self.pending.appendleft(ticket)
+            else:
+                self._fail(ticket, self.not_ready("worker_lost"))
+        if not has_ready:
+            # Nothing can serve the queue until a worker is back: fail fast rather than hang.
+            while self.pending:
+                self._fail(self.pending.popleft(), self.not_ready("worker_lost"))
+        self._settle()
+
+    # --- giving up on a request -----------------------------------------------------------------
+
+    def _fail(self, ticket: Ticket, exc: BaseException) -> None:
+        if ticket.future is not None:
+            if not ticket.future.done():
+                ticket.future.set_exception(exc)
+                ticket.future.exception()  # mark retrieved: the waiter may be gone already
+        elif ticket.chunks is not None:
+            ticket.error = exc
+            ticket.chunks.put_nowait(_STREAM_FAILED)
+
+    def _abandon(self, ticket: Ticket) -> None:
+        """The client went away: drop a waiting request, stop a running stream."""
+        try:
+            self.pending.remove(ticket)
+        except ValueError:
+            pass
+        worker = ticket.worker
+        if worker is not None and ticket.id in worker.inflight and ticket.stream:
+            worker.send((p.CANCEL, ticket.id))
+            self._finish(worker, ticket.id)
+        self._settle()
+
+    def _timed_out(self, ticket: Ticket) -> None:
+        """No answer in time. A worker holding the request is wedged: replace it."""
+        worker = ticket.worker
+        if worker is not None and ticket.id in worker.inflight:
+            worker.inflight.pop(ticket.id, None)
+            worker.last_error = f"request timed out after {self.settings.request_processing_timeout_seconds:g} s"
+            worker.kill()
+        else:
+            try:
+                self.pending.remove(ticket)
+            except ValueError:
+                pass
+        self._settle()

@@ -1,0 +1,49 @@
+"""Messages between the scheduler and a device worker process, over one duplex pipe.
+
+Messages are tuples whose first element is the kind, so pickling stays cheap on the hot path.
+
+scheduler → worker:
+    (RUN, batch_id, [(request_id, payload), ...])   non-streaming batch
+    (STREAM, request_id, payload)                   one streaming request
+    (CANCEL, request_id)                            stop work for a request (client gone)
+    (STOP,)                                         finish in-flight work, close, exit
+
+worker → scheduler:
+    (HELLO, pid, max_concurrency)                   process is up; warmup starts
+    (READY, warmup_seconds)
+    (INIT_FAILED, message)
+    (RESULT, request_id, result)
+    (ERROR, request_id, kind, message)              kind: "request" (422) | "internal" (500)
+    (CHUNK, request_id, chunk)
+    (END, request_id, final)                        last message of a stream
+    (HEARTBEAT, monotonic_time)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from ttmedia.runners.base import RunnerContext
+from ttmedia.runners.faults import Fault
+
+RUN, STREAM, CANCEL, STOP = "run", "stream", "cancel", "stop"
+HELLO, READY, INIT_FAILED = "hello", "ready", "init_failed"
+RESULT, ERROR, CHUNK, END, HEARTBEAT = "result", "error", "chunk", "end", "heartbeat"
+
+ERROR_REQUEST, ERROR_INTERNAL = "request", "internal"
+
+
+@dataclass(frozen=True)
+class WorkerSpec:
+    """What a worker process needs to start. Picklable (the worker is spawned, not forked)."""
+
+    runner: str
+    context: RunnerContext
+    heartbeat_seconds: float
+    faults: tuple[Fault, ...] = ()
+    incarnation: int = 0
+    env: dict[str, str] = field(default_factory=dict)
+
+    def describe(self) -> dict[str, Any]:
+        return {"model": self.context.model, "runner": self.runner, "devices": self.context.worker_id}

@@ -1,0 +1,182 @@
+"""The scheduler's side of one device worker process.
+
+A blocking reader thread per worker receives its messages and hands each to the event loop
+(`call_soon_threadsafe`): no polling anywhere. When the process dies, the reader sees EOF at
+once, so a crash is noticed in milliseconds, not at the next health-check tick.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import multiprocessing
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import replace
+from multiprocessing.connection import Connection
+from typing import TYPE_CHECKING, Any
+
+from ttmedia.scheduler import protocol as p
+from ttmedia.scheduler import worker_main
+from ttmedia.scheduler.protocol import WorkerSpec
+from ttmedia.scheduler.readiness import WorkerState, WorkerView
+
+if TYPE_CHECKING:
+    from ttmedia.scheduler.pool import Ticket
+
+_SPAWN = multiprocessing.get_context("spawn")
+
+#: Seconds a freshly spawned interpreter needs before the runner starts warming (imports).
+SPAWN_OVERHEAD_S = 1.0
+
+
+class WorkerHandle:
+    def __init__(
+        self,
+        spec: WorkerSpec,
+        loop: asyncio.AbstractEventLoop,
+        on_message: Callable[[WorkerHandle, tuple[Any, ...]], None],
+        on_exit: Callable[[WorkerHandle, int | None], None],
+    ) -> None:
+        self.spec = spec
+        self.loop = loop
+        self._on_message = on_message
+        self._on_exit = on_exit
+        self.state = WorkerState.STOPPED
+        self.process: multiprocessing.process.BaseProcess | None = None
+        self.conn: Connection | None = None
+        self.pid: int | None = None
+        self.capacity = 1
+        self.load = 0  # runner calls in flight
+        self.inflight: dict[str, Ticket] = {}
+        self.batches: dict[str, set[str]] = {}
+        self.restart_count = 0
+        self.restart_times: list[float] = []
+        self.error_count = 0
+        self.start_time: float | None = None  # wall clock, for /tt-liveness
+        self.ready_time: float | None = None
+        self.spawned_at = 0.0  # monotonic
+        self.ready_due = 0.0  # monotonic: when we expect it to be ready
+        self.last_heartbeat = 0.0
+        self.last_error: str | None = None
+        self.expected_warmup_s = spec.context.timing.warmup_s + SPAWN_OVERHEAD_S
+        self.incarnation = 0
+        self.expect_exit = False  # set when we stop or reset it on purpose
+
+    @property
+    def worker_id(self) -> str:
+        return self.spec.context.worker_id
+
+    @property
+    def alive(self) -> bool:
+        return self.process is not None and self.process.is_alive()
+
+    @property
+    def free(self) -> bool:
+        return self.state is WorkerState.READY and self.load < self.capacity
+
+    def view(self, now: float) -> WorkerView:
+        eta = 0.0 if self.state is WorkerState.READY else max(self.ready_due - now, 0.0)
+        return WorkerView(self.state, self.restart_count, eta)
+
+    def spawn(self, delay_s: float = 0.0) -> None:
+        """Start a fresh process (after `delay_s`, the restart backoff)."""
+        now = time.monotonic()
+        self.ready_due = now + delay_s + self.expected_warmup_s
+        if delay_s > 0:
+            self.state = WorkerState.RESTARTING
+            self.loop.call_later(delay_s, self._launch_if_due, self.incarnation)
+        else:
+            self._launch()
+
+    def _launch_if_due(self, incarnation: int) -> None:
+        # A reset or shutdown may have overtaken this scheduled restart.
+        if incarnation == self.incarnation and self.state is WorkerState.RESTARTING:
+            self._launch()
+
+    def _launch(self) -> None:
+        self.incarnation += 1
+        self.expect_exit = False
+        spec = replace(self.spec, incarnation=self.incarnation)
+        parent_conn, child_conn = _SPAWN.Pipe(duplex=True)
+        process = _SPAWN.Process(
+            target=worker_main.main,
+            args=(child_conn, spec),
+            name=f"ttmedia-worker-{spec.context.model}-{self.worker_id}",
+            daemon=True,
+        )
+        process.start()
+        child_conn.close()  # so EOF reaches us when the child dies
+        self.process, self.conn, self.pid = process, parent_conn, process.pid
+        self.state = WorkerState.STARTING
+        self.start_time, self.ready_time = time.time(), None
+        self.spawned_at = self.last_heartbeat = time.monotonic()
+        self.ready_due = max(self.ready_due, self.spawned_at + self.expected_warmup_s)
+        self.load = 0
+        threading.Thread(
+            target=self._read, args=(parent_conn, process, self.incarnation), daemon=True,
+            name=f"worker-reader-{self.worker_id}",
+        ).start()
+
+    def _read(self, conn: Connection, process: multiprocessing.process.BaseProcess, incarnation: int) -> None:
+        deliver = self.loop.call_soon_threadsafe
+        while True:
+            try:
+                message = conn.recv()
+            except (EOFError, OSError):
+                break
+            try:
+                deliver(self._on_message_checked, incarnation, message)
+            except RuntimeError:  # loop closed: the server is gone
+                return
+        process.join(timeout=5)
+        try:
+            deliver(self._exited, incarnation, process.exitcode)
+        except RuntimeError:
+            pass
+
+    def _on_message_checked(self, incarnation: int, message: tuple[Any, ...]) -> None:
+        if incarnation == self.incarnation:
+            self._on_message(self, message)
+
+    def _exited(self, incarnation: int, exitcode: int | None) -> None:
+        if incarnation == self.incarnation:
+            self.conn = None
+            self._on_exit(self, exitcode)
+
+    def send(self, message: tuple[Any, ...]) -> bool:
+        conn = self.conn
+        if conn is None:
+            return False
+        try:
+            conn.send(message)
+            return True
+        except (OSError, ValueError):
+            return False  # the reader thread will report the exit
+
+    def stop(self) -> None:
+        """Ask the worker to finish its in-flight work and exit."""
+        self.expect_exit = True
+        if not self.send((p.STOP,)):
+            self.kill()
+
+    def kill(self) -> None:
+        process = self.process
+        if process is not None and process.is_alive():
+            process.kill()
+
+    def liveness(self) -> dict[str, Any]:
+        """The upstream worker_info entry, plus our state and last error."""
+        return {
+            "pid": self.pid if self.alive else None,
+            "is_alive": self.alive,
+            "start_time": self.start_time,
+            "is_ready": self.state is WorkerState.READY,
+            "restart_count": self.restart_count,
+            "error_count": self.error_count,
+            "ready_time": self.ready_time,
+            "state": self.state.value,
+            "devices": list(self.spec.context.device_group),
+            "in_flight": len(self.inflight),
+            "last_error": self.last_error,
+        }

@@ -1,0 +1,171 @@
+"""The device worker process: one per device group, running one runner.
+
+It reads requests from its pipe on a thread and runs them on its own asyncio loop, so a runner
+can have several calls in flight (`max_concurrency`) and heartbeats keep flowing while the
+device works. If the scheduler's end of the pipe closes, the worker exits: no orphans.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+import threading
+import time
+import traceback
+from multiprocessing.connection import Connection
+from typing import Any
+
+from ttmedia.runners import registry
+from ttmedia.runners.base import Runner, RunnerRequestError
+from ttmedia.runners.faults import FaultPlan
+from ttmedia.scheduler import protocol as p
+from ttmedia.scheduler.protocol import WorkerSpec
+
+
+class Worker:
+    def __init__(self, conn: Connection, spec: WorkerSpec) -> None:
+        self.conn = conn
+        self.spec = spec
+        self.loop = asyncio.new_event_loop()
+        self.tasks: dict[str, asyncio.Task[None]] = {}
+        self.faults = FaultPlan(list(spec.faults), seed=f"{spec.context.model}/{spec.context.worker_id}/{spec.incarnation}")
+        self.runner: Runner | None = None
+        self.stopping = asyncio.Event()
+        self._send_lock = threading.Lock()
+
+    def send(self, message: tuple[Any, ...]) -> None:
+        with self._send_lock:
+            self.conn.send(message)
+
+    # --- reading requests -----------------------------------------------------------------------
+
+    def _reader(self) -> None:
+        """Blocking reads on a thread; each message is handed to the loop."""
+        while True:
+            try:
+                message = self.conn.recv()
+            except (EOFError, OSError):
+                os._exit(0)  # the scheduler is gone; nobody will read our results
+            self.loop.call_soon_threadsafe(self._dispatch, message)
+
+    def _dispatch(self, message: tuple[Any, ...]) -> None:
+        kind = message[0]
+        if kind == p.RUN:
+            _, batch_id, items = message
+            self._start(batch_id, self._run_batch(items))
+        elif kind == p.STREAM:
+            _, request_id, payload = message
+            self._start(request_id, self._run_stream(request_id, payload))
+        elif kind == p.CANCEL:
+            task = self.tasks.get(message[1])
+            if task:
+                task.cancel()
+        elif kind == p.STOP:
+            self.stopping.set()
+
+    def _start(self, key: str, coro: Any) -> None:
+        task = self.loop.create_task(coro)
+        self.tasks[key] = task
+        task.add_done_callback(lambda _t: self.tasks.pop(key, None))
+
+    # --- faults ---------------------------------------------------------------------------------
+
+    def _inject(self) -> bool:
+        """Apply this request's fault, if any. True when the request must fail with an error."""
+        fault = self.faults.next_request()
+        if fault == "crash":
+            os._exit(17)
+        if fault == "hang":
+            # A wedged device blocks the whole process: no results, no heartbeats.
+            threading.Event().wait()
+        return fault == "error"
+
+    # --- running work ---------------------------------------------------------------------------
+
+    async def _run_batch(self, items: list[tuple[str, dict[str, Any]]]) -> None:
+        assert self.runner is not None
+        live = []
+        for request_id, payload in items:
+            if self._inject():
+                self.send((p.ERROR, request_id, p.ERROR_INTERNAL, "injected fault: runner error"))
+            else:
+                live.append((request_id, payload))
+        if not live:
+            return
+        try:
+            results = await self.runner.run([payload for _, payload in live])
+        except asyncio.CancelledError:
+            return
+        except RunnerRequestError as exc:
+            for request_id, _ in live:
+                self.send((p.ERROR, request_id, p.ERROR_REQUEST, str(exc)))
+            return
+        except Exception as exc:  # a runner bug fails its own requests, not the worker
+            message = f"{type(exc).__name__}: {exc}"
+            traceback.print_exc(file=sys.stderr)
+            for request_id, _ in live:
+                self.send((p.ERROR, request_id, p.ERROR_INTERNAL, message))
+            return
+        for (request_id, _), result in zip(live, results, strict=True):
+            self.send((p.RESULT, request_id, result))
+
+    async def _run_stream(self, request_id: str, payload: dict[str, Any]) -> None:
+        assert self.runner is not None
+        if self._inject():
+            self.send((p.ERROR, request_id, p.ERROR_INTERNAL, "injected fault: runner error"))
+            return
+        try:
+            async for chunk in self.runner.stream(payload):
+                if chunk.get("final"):
+                    self.send((p.END, request_id, chunk))
+                    return
+                self.send((p.CHUNK, request_id, chunk))
+            self.send((p.END, request_id, {}))
+        except asyncio.CancelledError:
+            return
+        except RunnerRequestError as exc:
+            self.send((p.ERROR, request_id, p.ERROR_REQUEST, str(exc)))
+        except Exception as exc:
+            traceback.print_exc(file=sys.stderr)
+            self.send((p.ERROR, request_id, p.ERROR_INTERNAL, f"{type(exc).__name__}: {exc}"))
+
+    async def _heartbeat(self) -> None:
+        while True:
+            self.send((p.HEARTBEAT, time.monotonic()))
+            await asyncio.sleep(self.spec.heartbeat_seconds)
+
+    async def main(self) -> int:
+        threading.Thread(target=self._reader, name="worker-reader", daemon=True).start()
+        heartbeat = asyncio.ensure_future(self._heartbeat())
+        started = time.monotonic()
+        try:
+            runner_cls = registry.load(self.spec.runner)
+            self.runner = runner_cls(self.spec.context)
+            self.send((p.HELLO, os.getpid(), self.runner.max_concurrency))
+            if self.faults.init_fails:
+                await asyncio.sleep(min(self.spec.context.timing.warmup_s, 0.2))
+                raise RuntimeError("injected fault: device initialisation failed")
+            await self.runner.warmup()
+        except Exception as exc:
+            self.send((p.INIT_FAILED, f"{type(exc).__name__}: {exc}"))
+            return 3
+        self.send((p.READY, time.monotonic() - started))
+        await self.stopping.wait()
+        if self.tasks:
+            await asyncio.wait(list(self.tasks.values()))
+        heartbeat.cancel()
+        await self.runner.close()
+        return 0
+
+
+def main(conn: Connection, spec: WorkerSpec) -> None:
+    """Process entry point (multiprocessing target)."""
+    # The scheduler decides when workers stop; Ctrl-C in a terminal must not kill them first.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    os.environ.update(spec.env)
+    worker = Worker(conn, spec)
+    code = worker.loop.run_until_complete(worker.main())
+    conn.close()
+    os._exit(code)
