@@ -1,0 +1,191 @@
+"""create_app(): the Connexion AsyncApp serving openapi.yaml, backed by the device scheduler."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import re
+from collections.abc import AsyncIterator
+from functools import lru_cache
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+from connexion import AsyncApp
+from connexion.exceptions import (
+    BadRequestProblem,
+    OAuthProblem,
+    ProblemException,
+    UnsupportedMediaTypeProblem,
+)
+from connexion.lifecycle import ConnexionRequest, ConnexionResponse
+from connexion.middleware import ConnexionMiddleware, MiddlewarePosition
+from connexion.middleware.security import SecurityMiddleware
+from connexion.options import SwaggerUIOptions
+from connexion.resolver import Resolver
+from starlette.exceptions import HTTPException
+from starlette.formparsers import MultiPartException
+
+from ttmedia import problems
+from ttmedia.gate import ReadinessGate, families_by_operation
+from ttmedia.runtime import Runtime
+from ttmedia.settings import Settings, load_settings
+from ttmedia.validation import VALIDATOR_MAP
+
+log = logging.getLogger("ttmedia")
+
+HANDLERS_PACKAGE = "ttmedia.handlers"
+
+
+def spec_path() -> Path:
+    """openapi.yaml: inside the installed wheel, or at the root of a source checkout."""
+    packaged = resources.files("ttmedia").joinpath("openapi.yaml")
+    if packaged.is_file():
+        return Path(str(packaged))
+    return Path(__file__).resolve().parent.parent / "openapi.yaml"
+
+
+@lru_cache(maxsize=1)
+def load_spec() -> dict[str, Any]:
+    return yaml.safe_load(spec_path().read_text(encoding="utf-8"))
+
+
+class TagResolver(Resolver):
+    """operationId `create_image` tagged `images` → `ttmedia.handlers.images.create_image`."""
+
+    def resolve_operation_id(self, operation: Any) -> str:
+        tags = operation._operation.get("tags") or ["system"]
+        return f"{HANDLERS_PACKAGE}.{tags[0]}.{operation.operation_id}"
+
+
+# --- errors -------------------------------------------------------------------------------------
+
+def _render(problem: problems.Problem) -> ConnexionResponse:
+    return ConnexionResponse(
+        status_code=problem.status,
+        mimetype=problems.PROBLEM_JSON,
+        content_type=problems.PROBLEM_JSON,
+        body=problem.render(),
+        headers=problem.headers,
+    )
+
+
+class _AllowedMethods:
+    """Every method of each spec path, for a complete `Allow` on 405."""
+
+    def __init__(self, spec: dict[str, Any]) -> None:
+        self.paths: list[tuple[re.Pattern[str], list[str]]] = []
+        for path, item in spec.get("paths", {}).items():
+            methods = sorted(m.upper() for m in item if m in {"get", "put", "post", "delete", "patch"})
+            if "GET" in methods:
+                methods.append("HEAD")
+            pattern = re.escape(path)
+            pattern = re.sub(r"\\\{[^}]+\\\}", "[^/]+", pattern)
+            self.paths.append((re.compile(f"^{pattern}$"), methods))
+
+    def for_path(self, path: str) -> list[str]:
+        for pattern, methods in self.paths:
+            if pattern.match(path):
+                return methods
+        return []
+
+
+def _install_error_handlers(app: AsyncApp, spec: dict[str, Any]) -> None:
+    allowed = _AllowedMethods(spec)
+
+    def on_problem(_req: ConnexionRequest, exc: problems.Problem) -> ConnexionResponse:
+        if exc.status == 500:
+            log.error("%r", exc)
+        return _render(exc)
+
+    def on_bad_request(_req: ConnexionRequest, exc: BadRequestProblem) -> ConnexionResponse:
+        return _render(problems.InvalidRequest(str(exc.detail)))
+
+    def on_unauthorized(_req: ConnexionRequest, exc: OAuthProblem) -> ConnexionResponse:
+        return _render(problems.Unauthorized(str(exc.detail or "Missing or invalid API key.")))
+
+    def on_media_type(_req: ConnexionRequest, exc: UnsupportedMediaTypeProblem) -> ConnexionResponse:
+        return _render(problems.UnsupportedMediaType(str(exc.detail)))
+
+    def on_malformed(_req: ConnexionRequest, exc: Exception) -> ConnexionResponse:
+        return _render(problems.MalformedBody(f"The request body cannot be read: {exc}"))
+
+    def on_not_found(_req: ConnexionRequest, _exc: Exception) -> ConnexionResponse:
+        return _render(problems.NotFound("No such path."))
+
+    def on_method(req: ConnexionRequest, _exc: Exception) -> ConnexionResponse:
+        methods = allowed.for_path(req.url.path)
+        return _render(problems.MethodNotAllowed(
+            f"{req.method} is not allowed here; allowed: {', '.join(methods)}.", methods))
+
+    def on_http(_req: ConnexionRequest, exc: HTTPException) -> ConnexionResponse:
+        status = exc.status_code
+        if isinstance(exc, ProblemException):
+            detail = str(exc.detail or exc.title or "")
+        else:
+            detail = str(exc.detail)
+        by_status: dict[int, type[problems.Problem]] = {
+            400: problems.InvalidRequest, 401: problems.Unauthorized, 404: problems.NotFound,
+            413: problems.PayloadTooLarge, 415: problems.UnsupportedMediaType,
+        }
+        cls = by_status.get(status, problems.Internal)
+        return _render(cls(detail))
+
+    def on_crash(_req: ConnexionRequest, exc: Exception) -> ConnexionResponse:
+        log.exception("unhandled error", exc_info=exc)
+        return _render(problems.Internal("An unexpected error occurred; it has been logged."))
+
+    app.add_error_handler(problems.Problem, on_problem)
+    app.add_error_handler(BadRequestProblem, on_bad_request)
+    app.add_error_handler(OAuthProblem, on_unauthorized)
+    app.add_error_handler(UnsupportedMediaTypeProblem, on_media_type)
+    app.add_error_handler(MultiPartException, on_malformed)
+    app.add_error_handler(UnicodeDecodeError, on_malformed)
+    app.add_error_handler(ProblemException, on_http)
+    app.add_error_handler(HTTPException, on_http)
+    app.add_error_handler(404, on_not_found)
+    app.add_error_handler(405, on_method)
+    app.add_error_handler(Exception, on_crash)
+
+
+# --- the app ------------------------------------------------------------------------------------
+
+def create_app(settings: Settings | None = None) -> AsyncApp:
+    """The ASGI app. `uvicorn ttmedia.app:create_app --factory` serves it with env settings."""
+    settings = settings or load_settings()
+    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    runtime = Runtime(settings)
+    spec = load_spec()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_app: Any) -> AsyncIterator[dict[str, Any]]:
+        await runtime.scheduler.start()
+        try:
+            yield {"runtime": runtime}
+        finally:
+            await runtime.scheduler.stop()
+
+    middlewares = list(ConnexionMiddleware.default_middlewares)
+    if not settings.auth_enabled:
+        middlewares.remove(SecurityMiddleware)
+    app = AsyncApp(
+        __name__,
+        lifespan=lifespan,
+        middlewares=middlewares,
+        validator_map=VALIDATOR_MAP,
+        swagger_ui_options=SwaggerUIOptions(swagger_ui_path="/ui"),
+    )
+    app.add_api(
+        spec,
+        resolver=TagResolver(),
+        validate_responses=settings.validate_responses,
+        name="ttmedia",
+    )
+    app.add_middleware(
+        ReadinessGate, position=MiddlewarePosition.BEFORE_VALIDATION,
+        runtime=runtime, families=families_by_operation(spec),
+    )
+    _install_error_handlers(app, spec)
+    app.runtime = runtime  # type: ignore[attr-defined]  # for tests and the CLI
+    return app
