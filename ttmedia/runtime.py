@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 
 from connexion import request
 
+from ttmedia.metrics import Metrics
 from ttmedia.scheduler.scheduler import Scheduler
 from ttmedia.settings import Settings
 
@@ -14,9 +15,11 @@ from ttmedia.settings import Settings
 class Runtime:
     settings: Settings
     scheduler: Scheduler = field(init=False)
+    metrics: Metrics = field(init=False)
 
     def __post_init__(self) -> None:
         self.scheduler = Scheduler(self.settings)
+        self.metrics = Metrics()
 
 
 def current() -> Runtime:

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import time
+
 from starlette.responses import Response
 
 from ttmedia import problems
 from ttmedia.http import json_response
+from ttmedia.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from ttmedia.runtime import current
 from ttmedia.scheduler.devices import format_group
 
@@ -63,3 +66,44 @@ async def list_models() -> Response:
             "devices": [format_group(g) for g in pool.model.groups],
         })
     return json_response({"object": "list", "data": data})
+
+
+# --- probes and metrics ----------------------------------------------------------------------
+
+def _check_live() -> float:
+    """Seconds of uptime; 503 if the scheduler's watchdog has stopped (the loop is stuck)."""
+    scheduler = current().scheduler
+    now = time.monotonic()
+    stalled_for = now - scheduler.last_watch
+    limit = max(10 * scheduler.settings.worker_heartbeat_seconds, 5.0)
+    if scheduler.watching and stalled_for > limit:
+        raise problems.NotReady(f"The scheduler watchdog has not run for {stalled_for:.0f} s.",
+                                reason="no_workers", retry_after=limit)
+    return now - scheduler.started_at
+
+
+async def get_livez() -> Response:
+    return json_response({"live": True, "uptime_seconds": round(_check_live(), 3)})
+
+
+async def get_v2_live() -> Response:
+    _check_live()
+    return json_response({"live": True})
+
+
+async def get_v2_ready() -> Response:
+    await get_health()  # raises the same 503 when not ready
+    return json_response({"ready": True})
+
+
+async def get_v2_model_ready(model: str) -> Response:
+    scheduler = current().scheduler
+    pool = scheduler.pools.get(model)
+    if pool is None:
+        raise problems.ModelNotFound(f"Model {model!r} is not served here.")
+    pool.check_ready()
+    return json_response({"name": model, "ready": True})
+
+
+async def get_metrics() -> Response:
+    return Response(current().metrics.render(), media_type=METRICS_CONTENT_TYPE)

@@ -136,6 +136,20 @@ class Worker:
             self.send((p.HEARTBEAT, time.monotonic()))
             await asyncio.sleep(self.spec.heartbeat_seconds)
 
+    async def _warmup_or_stop(self) -> bool:
+        """Warm up; True if a stop request came first (a shutdown must not wait out a warmup)."""
+        assert self.runner is not None
+        warmup = asyncio.ensure_future(self.runner.warmup())
+        stop = asyncio.ensure_future(self.stopping.wait())
+        await asyncio.wait({warmup, stop}, return_when=asyncio.FIRST_COMPLETED)
+        if warmup.done():
+            stop.cancel()
+            warmup.result()  # re-raise an init failure
+            return False
+        warmup.cancel()
+        await self.runner.close()
+        return True
+
     async def main(self) -> int:
         threading.Thread(target=self._reader, name="worker-reader", daemon=True).start()
         heartbeat = asyncio.ensure_future(self._heartbeat())
@@ -147,7 +161,8 @@ class Worker:
             if self.faults.init_fails:
                 await asyncio.sleep(min(self.spec.context.timing.warmup_s, 0.2))
                 raise RuntimeError("injected fault: device initialisation failed")
-            await self.runner.warmup()
+            if await self._warmup_or_stop():
+                return 0
         except Exception as exc:
             self.send((p.INIT_FAILED, f"{type(exc).__name__}: {exc}"))
             return 3
@@ -162,8 +177,11 @@ class Worker:
 
 def main(conn: Connection, spec: WorkerSpec) -> None:
     """Process entry point (multiprocessing target)."""
-    # The scheduler decides when workers stop; Ctrl-C in a terminal must not kill them first.
+    # The scheduler decides when workers stop: Ctrl-C in a terminal or a SIGTERM to the process
+    # group must not kill them before the server has drained. If the server dies, the pipe
+    # closes and the worker exits on its own.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     os.environ.update(spec.env)
     worker = Worker(conn, spec)
     code = worker.loop.run_until_complete(worker.main())

@@ -1,0 +1,99 @@
+"""Pure units: readiness derivation, fault grammar, device groups and the MODELS setting."""
+
+from __future__ import annotations
+
+import pytest
+
+from ttmedia.problems import NotReady, retry_after_header
+from ttmedia.runners.faults import FaultPlan, FaultSyntaxError, parse_faults
+from ttmedia.runners.sim import tokenizer
+from ttmedia.scheduler.devices import ConfigError, parse_groups, served_models
+from ttmedia.scheduler.readiness import ModelState, WorkerState, WorkerView, derive_state, retry_after
+from ttmedia.settings import Settings
+
+R, W, S, RS, F = WorkerState.READY, WorkerState.WARMING, WorkerState.STARTING, WorkerState.RESTARTING, WorkerState.FAILED
+
+
+def views(*states: WorkerState, restarts: int = 0, eta: float = 5.0) -> list[WorkerView]:
+    return [WorkerView(s, restarts, 0.0 if s is R else eta) for s in states]
+
+
+@pytest.mark.parametrize(
+    ("workers", "draining", "expected"),
+    [
+        (views(S, S), False, ModelState.STARTING),
+        (views(S, W), False, ModelState.WARMING),
+        (views(R, W), False, ModelState.DEGRADED),
+        (views(R, R), False, ModelState.READY),
+        (views(RS, W, restarts=1), False, ModelState.UNAVAILABLE),
+        (views(F, F), False, ModelState.FAILED),
+        (views(F, W), False, ModelState.WARMING),
+        (views(R, R), True, ModelState.DRAINING),
+    ],
+)
+def test_model_state_is_derived_from_workers(workers, draining, expected):
+    assert derive_state(workers, draining) is expected
+
+
+def test_serving_states_and_reasons():
+    assert ModelState.READY.serving and ModelState.DEGRADED.serving
+    assert not ModelState.WARMING.serving
+    assert ModelState.WARMING.reason == "warming_up"
+    assert ModelState.UNAVAILABLE.reason == "no_workers"
+    assert ModelState.FAILED.reason == "init_failed"
+    assert ModelState.DRAINING.reason == "draining"
+
+
+def test_retry_after_is_the_soonest_eta_and_at_least_one_second():
+    assert retry_after(views(W, W, eta=7.2), ModelState.WARMING, 0) == 7.2
+    assert retry_after(views(W, eta=0.01), ModelState.WARMING, 0) == 1.0
+    assert retry_after(views(F, F), ModelState.FAILED, 0) >= 1.0
+    assert retry_after_header(0.2) == {"Retry-After": "1"}
+    assert retry_after_header(7.2) == {"Retry-After": "8"}
+    assert retry_after_header(float("inf")) == {"Retry-After": "1"}
+
+
+def test_not_ready_rejects_unknown_reasons():
+    with pytest.raises(ValueError):
+        NotReady("x", reason="busy", retry_after=1)
+
+
+def test_fault_grammar():
+    faults = parse_faults("init_fail, Qwen3-8B:crash_after=3@(0,1); error_rate=0.5")
+    assert [f.name for f in faults] == ["init_fail", "crash_after", "error_rate"]
+    assert faults[1].model == "Qwen3-8B" and faults[1].group == (0, 1) and faults[1].value == 3
+    assert faults[1].applies_to("Qwen3-8B", (0, 1)) and not faults[1].applies_to("Qwen3-8B", (2,))
+    for bad in ("explode", "crash_after", "error_rate=2", "init_fail=1"):
+        with pytest.raises(FaultSyntaxError):
+            parse_faults(bad)
+
+
+def test_fault_plan_counts_requests():
+    plan = FaultPlan(parse_faults("crash_after=2"), seed="x")
+    assert [plan.next_request() for _ in range(3)] == [None, None, "crash"]
+
+
+def test_device_groups():
+    assert parse_groups("(0),(1)") == [(0,), (1,)]
+    assert parse_groups("(0,1),(2,3)") == [(0, 1), (2, 3)]
+    with pytest.raises(ConfigError):
+        parse_groups("0,1")
+
+
+def test_models_setting():
+    models = served_models(Settings(models="stable-diffusion-xl-base-1.0@(0),(1);Qwen3-8B@(2);FLUX.1-schnell"))
+    assert [(m.name, m.groups) for m in models] == [
+        ("stable-diffusion-xl-base-1.0", ((0,), (1,))), ("Qwen3-8B", ((2,),)), ("FLUX.1-schnell", ((3,),))]
+    single = served_models(Settings(model="Qwen3-8B", device_ids="(0,1),(2,3)"))
+    assert [(m.name, m.groups) for m in single] == [("Qwen3-8B", ((0, 1), (2, 3)))]
+    with pytest.raises(ConfigError, match="unknown model"):
+        served_models(Settings(models="gpt-9"))
+    with pytest.raises(ConfigError, match="more than one worker"):
+        served_models(Settings(models="Qwen3-8B@(0);FLUX.1-dev@(0)"))
+
+
+def test_tokenizer_round_trips_any_text():
+    for text in ["Hello world.", "  spaced\n\nout ", "ünïcödé ✓ 🚀", "", "x" * 50]:
+        assert tokenizer.decode(tokenizer.encode(text)) == text
+    with pytest.raises(ValueError):
+        tokenizer.decode([10**9])

@@ -1,0 +1,5 @@
+import sys
+
+from ttmedia.cli import main
+
+sys.exit(main())

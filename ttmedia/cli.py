@@ -1,0 +1,84 @@
+"""Command line: `ttmedia serve`, `ttmedia spec`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from ttmedia.settings import load_settings
+
+DESCRIPTION = """\
+ttmedia: a spec-first media inference server for Tenstorrent devices.
+
+Without TT hardware every model runs on a simulated device with real timing and real outputs.
+Configuration comes from environment variables (MODELS, DEVICE, SIM_WARMUP_SECONDS, SIM_SPEED,
+API_KEY, ...): see the README's Configuration table.
+"""
+
+
+def _serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from ttmedia.scheduler.devices import ConfigError, served_models
+    from ttmedia.security import check_bind_allowed
+
+    settings = load_settings()
+    check_bind_allowed(args.host, settings)
+    try:
+        models = served_models(settings)
+    except ConfigError as exc:
+        print(f"ttmedia: configuration error: {exc}", file=sys.stderr)
+        return 2
+    print(f"ttmedia: serving {', '.join(m.name for m in models)} on http://{args.host}:{args.port} "
+          f"(Swagger UI at /ui/, spec at /openapi.yaml)", file=sys.stderr)
+    uvicorn.run(
+        "ttmedia.app:create_app",
+        factory=True,
+        host=args.host,
+        port=args.port,
+        workers=1,  # the scheduler owns the devices: one server process per host
+        log_level=args.log_level or settings.log_level,
+        timeout_graceful_shutdown=int(settings.drain_grace_seconds) + 5,
+    )
+    return 0
+
+
+def _spec(args: argparse.Namespace) -> int:
+    from ttmedia.app import load_spec, spec_path
+
+    if args.format == "yaml":
+        sys.stdout.write(spec_path().read_text(encoding="utf-8"))
+    else:
+        json.dump(load_spec(), sys.stdout, indent=2)
+        sys.stdout.write("\n")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ttmedia", description=DESCRIPTION,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    serve = commands.add_parser("serve", help="run the HTTP server",
+                                description="Run the server with uvicorn (one process; workers are spawned per device group).")
+    serve.add_argument("--host", default="127.0.0.1",
+                       help="address to bind (default 127.0.0.1; other addresses need API_KEY or NO_AUTH=1)")
+    serve.add_argument("--port", type=int, default=8000, help="port to bind (default 8000)")
+    serve.add_argument("--log-level", choices=["critical", "error", "warning", "info", "debug"],
+                       help="log level (default LOG_LEVEL or info)")
+    serve.set_defaults(func=_serve)
+
+    spec = commands.add_parser("spec", help="print the OpenAPI contract")
+    spec.add_argument("--format", choices=["yaml", "json"], default="yaml", help="output format (default yaml)")
+    spec.set_defaults(func=_spec)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,95 @@
+"""Prometheus metrics: request counters kept by the middleware, scheduler state read at scrape time.
+
+Each app has its own CollectorRegistry (tests build many apps in one process). Gauges that
+mirror scheduler state are collected on scrape from the scheduler itself, so /metrics can never
+disagree with /tt-liveness.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from ttmedia.scheduler.readiness import ModelState, WorkerState
+
+if TYPE_CHECKING:
+    from ttmedia.scheduler.scheduler import Scheduler
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.requests = Counter(
+            "ttmedia_http_requests_total", "HTTP requests by operation and status.",
+            ["operation", "method", "status"], registry=self.registry)
+        self.latency = Histogram(
+            "ttmedia_http_request_duration_seconds", "Time to the response's first byte, by operation.",
+            ["operation"], buckets=LATENCY_BUCKETS, registry=self.registry)
+        self.not_ready = Counter(
+            "ttmedia_not_ready_responses_total", "503 answers by readiness reason.",
+            ["reason"], registry=self.registry)
+        self.queue_wait = Histogram(
+            "ttmedia_queue_wait_seconds", "Time requests waited in a model's queue before a worker took them.",
+            ["model"], buckets=LATENCY_BUCKETS, registry=self.registry)
+        self.batch_size = Histogram(
+            "ttmedia_batch_size", "Requests per batch handed to a worker.",
+            ["model"], buckets=(1, 2, 4, 8, 16, 32, 64), registry=self.registry)
+        self.warmup = Histogram(
+            "ttmedia_worker_warmup_duration_seconds", "Worker warmup time, spawn to ready.",
+            ["model"], buckets=(0.1, 0.5, 1, 2, 5, 10, 30, 60, 120, 300, 600, 1800), registry=self.registry)
+
+    def attach(self, scheduler: Scheduler) -> None:
+        self.registry.register(SchedulerCollector(scheduler))
+        scheduler.observer = self
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+    # --- scheduler events -----------------------------------------------------------------------
+
+    def dispatched(self, model: str, waits: list[float]) -> None:
+        self.batch_size.labels(model).observe(len(waits))
+        histogram = self.queue_wait.labels(model)
+        for wait in waits:
+            histogram.observe(wait)
+
+    def worker_ready(self, model: str, seconds: float) -> None:
+        self.warmup.labels(model).observe(seconds)
+
+
+class SchedulerCollector(Collector):
+    def __init__(self, scheduler: Scheduler) -> None:
+        self.scheduler = scheduler
+
+    def collect(self) -> Iterator[Metric]:
+        depth = GaugeMetricFamily("ttmedia_queue_depth", "Requests waiting per model.", labels=["model"])
+        inflight = GaugeMetricFamily("ttmedia_requests_in_flight", "Requests held by workers per model.",
+                                     labels=["model"])
+        model_state = GaugeMetricFamily("ttmedia_model_state", "1 for the model's current readiness state.",
+                                        labels=["model", "state"])
+        worker_state = GaugeMetricFamily("ttmedia_worker_state", "1 for each worker's current state.",
+                                         labels=["model", "devices", "state"])
+        restarts = CounterMetricFamily("ttmedia_worker_restarts", "Worker restarts after a crash or hang.",
+                                       labels=["model", "devices"])
+        errors = CounterMetricFamily("ttmedia_worker_errors", "Runner errors and init failures per worker.",
+                                     labels=["model", "devices"])
+        for name, pool in self.scheduler.pools.items():
+            depth.add_metric([name], len(pool.pending))
+            inflight.add_metric([name], sum(len(w.inflight) for w in pool.workers))
+            current = pool.state()
+            for state in ModelState:
+                model_state.add_metric([name, state.value], 1.0 if state is current else 0.0)
+            for w in pool.workers:
+                for state in WorkerState:
+                    worker_state.add_metric([name, w.worker_id, state.value], 1.0 if w.state is state else 0.0)
+                restarts.add_metric([name, w.worker_id], w.restart_count)
+                errors.add_metric([name, w.worker_id], w.error_count)
+        yield from (depth, inflight, model_state, worker_state, restarts, errors)

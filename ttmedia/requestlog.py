@@ -1,0 +1,150 @@
+"""Per-request plumbing outside Connexion's stack: X-Request-ID, the body-size cap, metrics, and one
+structured log line per request.
+
+It sits above Connexion's exception handling, so it sees every answer, problems included.
+Deeper code adds facts to the request's note (ttmedia.context): the model, the problem reason.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import sys
+import time
+import uuid
+from typing import Any
+
+from connexion.middleware.abstract import ROUTING_CONTEXT
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from ttmedia import problems
+from ttmedia.context import RequestNote, current_note
+from ttmedia.metrics import Metrics
+
+log = logging.getLogger("ttmedia.request")
+
+REQUEST_ID_HEADER = "x-request-id"
+_SAFE_ID = re.compile(r"^[A-Za-z0-9._:/+=-]{1,128}$")
+
+
+def _problem_response(problem: problems.Problem, request_id: str) -> list[Message]:
+    body = problem.render()
+    headers = [(b"content-type", problems.PROBLEM_JSON.encode()), (b"content-length", str(len(body)).encode()),
+               (REQUEST_ID_HEADER.encode(), request_id.encode())]
+    return [{"type": "http.response.start", "status": problem.status, "headers": headers},
+            {"type": "http.response.body", "body": body}]
+
+
+class RequestMiddleware:
+    def __init__(self, app: ASGIApp, metrics: Metrics, max_body_bytes: int) -> None:
+        self.app = app
+        self.metrics = metrics
+        self.max_body_bytes = max_body_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        supplied = _header(scope, b"x-request-id")
+        request_id = supplied if supplied and _SAFE_ID.match(supplied) else uuid.uuid4().hex
+        info = RequestNote(request_id)
+        token = current_note.set(info)
+        status = 500
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                message.setdefault("headers", [])
+                message["headers"] = [*message["headers"], (REQUEST_ID_HEADER.encode(), request_id.encode())]
+            await send(message)
+
+        try:
+            length = _header(scope, b"content-length")
+            if length and length.isdigit() and int(length) > self.max_body_bytes:
+                too_large = problems.PayloadTooLarge(f"The request body exceeds {self.max_body_bytes} bytes.")
+                info.reason = too_large.reason
+                for message in _problem_response(too_large, request_id):
+                    await send_with_id(message)
+                return
+            await self.app(scope, self._capped(receive), send_with_id)
+        finally:
+            current_note.reset(token)
+            self._record(scope, info, status, time.perf_counter() - started)
+
+    def _capped(self, receive: Receive) -> Receive:
+        """Count body bytes as they arrive: a chunked body has no Content-Length to check."""
+        seen = 0
+        limit = self.max_body_bytes
+
+        async def capped() -> Message:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > limit:
+                    raise problems.PayloadTooLarge(f"The request body exceeds {limit} bytes.")
+            return message
+
+        return capped
+
+    def _record(self, scope: Scope, info: RequestNote, status: int, seconds: float) -> None:
+        operation = (scope.get("extensions", {}).get(ROUTING_CONTEXT, {}).get("operation_id") or "unmatched")
+        operation = operation.rpartition(".")[2]
+        method = scope.get("method", "")
+        self.metrics.requests.labels(operation, method, str(status)).inc()
+        self.metrics.latency.labels(operation).observe(seconds)
+        if status == 503:
+            self.metrics.not_ready.labels(info.reason or "unknown").inc()
+        if operation in ("get_metrics", "get_livez", "get_health"):
+            return  # probes and scrapes: counted, not logged, or they drown the log
+        log.info("request", extra={"fields": {
+            "request_id": info.request_id, "method": method, "path": scope.get("path", ""),
+            "operation": operation, "status": status, "duration_ms": round(seconds * 1000, 3),
+            "model": info.model, "reason": info.reason,
+        }})
+
+
+def _header(scope: Scope, name: bytes) -> str | None:
+    for key, value in scope.get("headers", ()):
+        if key == name:
+            return value.decode("latin-1")
+    return None
+
+
+class JSONFormatter(logging.Formatter):
+    """One JSON object per line: what log shippers expect."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {
+            "ts": round(record.created, 3), "level": record.levelname.lower(), "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        entry.update(getattr(record, "fields", {}))
+        if record.exc_info:
+            entry["exc"] = self.formatException(record.exc_info)
+        return json.dumps(entry, default=str)
+
+
+class TextFormatter(logging.Formatter):
+    """Human-readable lines for a terminal, with the same fields."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        line = super().format(record)
+        fields = getattr(record, "fields", None)
+        if fields:
+            line += " " + " ".join(f"{k}={v}" for k, v in fields.items() if v is not None)
+        return line
+
+
+def configure_logging(level: str, fmt: str) -> None:
+    """LOG_FORMAT: json, text, or auto (text on a terminal, JSON otherwise)."""
+    use_json = fmt == "json" or (fmt == "auto" and not sys.stderr.isatty())
+    handler = logging.StreamHandler()
+    handler.setFormatter(JSONFormatter() if use_json else TextFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger("ttmedia")
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    root.propagate = False
