@@ -20,6 +20,7 @@ API_KEY, ...): see the README's Configuration table.
 def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
+    from ttmedia.runtime import begin_drain
     from ttmedia.scheduler.devices import ConfigError, served_models
     from ttmedia.security import check_bind_allowed
 
@@ -32,7 +33,7 @@ def _serve(args: argparse.Namespace) -> int:
         return 2
     print(f"ttmedia: serving {', '.join(m.name for m in models)} on http://{args.host}:{args.port} "
           f"(Swagger UI at /ui/, spec at /openapi.yaml)", file=sys.stderr)
-    uvicorn.run(
+    config = uvicorn.Config(
         "ttmedia.app:create_app",
         factory=True,
         host=args.host,
@@ -41,6 +42,15 @@ def _serve(args: argparse.Namespace) -> int:
         log_level=args.log_level or settings.log_level,
         timeout_graceful_shutdown=int(settings.drain_grace_seconds) + 5,
     )
+    class DrainingServer(uvicorn.Server):
+        """On SIGTERM/SIGINT, models answer 503 `draining` at once, while uvicorn lets in-flight
+        requests finish; the lifespan then stops the workers."""
+
+        def handle_exit(self, sig: int, frame: object) -> None:
+            begin_drain()
+            super().handle_exit(sig, frame)  # type: ignore[arg-type]
+
+    DrainingServer(config).run()
     return 0
 
 

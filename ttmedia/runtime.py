@@ -2,24 +2,38 @@
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass, field
 
 from connexion import request
 
+from ttmedia.jobs.manager import JobManager
 from ttmedia.metrics import Metrics
 from ttmedia.scheduler.scheduler import Scheduler
 from ttmedia.settings import Settings
 
 
-@dataclass
+@dataclass(eq=False)  # identity semantics: runtimes live in a WeakSet
 class Runtime:
     settings: Settings
     scheduler: Scheduler = field(init=False)
     metrics: Metrics = field(init=False)
+    jobs: JobManager = field(init=False)
 
     def __post_init__(self) -> None:
         self.scheduler = Scheduler(self.settings)
         self.metrics = Metrics()
+        self.jobs = JobManager(self.settings, self.scheduler)
+        _ACTIVE.add(self)
+
+
+_ACTIVE: weakref.WeakSet[Runtime] = weakref.WeakSet()
+
+
+def begin_drain() -> None:
+    """SIGTERM: every model answers 503 `draining` from now on, while in-flight work finishes."""
+    for runtime in list(_ACTIVE):
+        runtime.scheduler.begin_drain()
 
 
 def current() -> Runtime:
