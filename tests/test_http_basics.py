@@ -140,7 +140,7 @@ def test_live_server_sigkill_worker_comes_back_and_sigterm_leaves_no_children():
         assert wait_until(lambda: http.get("/health").status_code == 200, 30)
         pids = [w["pid"] for w in http.get("/tt-liveness").json()["worker_info"].values()]
         assert victim not in pids
-        assert server.stop(signal.SIGTERM) == 0
+        assert server.stop(signal.SIGTERM) in (0, -signal.SIGTERM)  # uvicorn re-raises the signal
         for pid in pids:
             assert wait_until(lambda pid=pid: not _alive(pid), 10), f"worker {pid} outlived the server"
 

@@ -175,3 +175,16 @@ def test_unknown_device_reset_is_not_found():
             s.find_worker("42")
         assert s.find_worker("0").worker_id == "0"
     run(body)
+
+
+def test_batching_groups_queued_requests_up_to_the_batch_size():
+    async def body(s: Scheduler) -> None:
+        pool = s.pool("image")
+        await until(lambda: pool.state() is ModelState.READY)
+        sizes: list[int] = []
+        pool.observer = type("Spy", (), {"dispatched": lambda self, m, waits: sizes.append(len(waits))})()
+        image = {"prompt": "x", "num_inference_steps": 12, "size": 32}
+        await asyncio.gather(*(pool.submit({**image, "seed": i}) for i in range(8)))
+        # The delay lets the first request wait for the other seven: two full batches at most.
+        assert sum(sizes) == 8 and max(sizes) == 4 and len(sizes) <= 3
+    run(body, models="stable-diffusion-xl-base-1.0@(0)", max_batch_size=4, max_batch_delay_ms=50)

@@ -26,10 +26,15 @@ from connexion.options import SwaggerUIOptions
 from connexion.resolver import Resolver
 from starlette.exceptions import HTTPException
 from starlette.formparsers import MultiPartException
+from starlette.middleware.cors import CORSMiddleware
 
-from ttmedia import problems
+from ttmedia import fastpath, problems
+from ttmedia.context import note
+from ttmedia.requestlog import RequestMiddleware, configure_logging
 from ttmedia.gate import ReadinessGate, families_by_operation
+from ttmedia.jobs.org import OrganizationCheck, org_scoped_operations
 from ttmedia.runtime import Runtime
+from ttmedia.served_spec import ServeSpecFile
 from ttmedia.settings import Settings, load_settings
 from ttmedia.validation import VALIDATOR_MAP
 
@@ -62,6 +67,7 @@ class TagResolver(Resolver):
 # --- errors -------------------------------------------------------------------------------------
 
 def _render(problem: problems.Problem) -> ConnexionResponse:
+    note(reason=problem.reason)
     return ConnexionResponse(
         status_code=problem.status,
         mimetype=problems.PROBLEM_JSON,
@@ -154,16 +160,24 @@ def _install_error_handlers(app: AsyncApp, spec: dict[str, Any]) -> None:
 def create_app(settings: Settings | None = None) -> AsyncApp:
     """The ASGI app. `uvicorn ttmedia.app:create_app --factory` serves it with env settings."""
     settings = settings or load_settings()
-    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging(settings.log_level, settings.log_format)
+    # Connexion warns on every request to an operation that accepts JSON and multipart (audio,
+    # CNN uploads), even though it picks the request's own type: noise, not a problem.
+    logging.getLogger("connexion.operations.openapi").setLevel(logging.ERROR)
     runtime = Runtime(settings)
+    runtime.metrics.attach(runtime.scheduler)
     spec = load_spec()
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: Any) -> AsyncIterator[dict[str, Any]]:
         await runtime.scheduler.start()
+        await runtime.jobs.start()
         try:
             yield {"runtime": runtime}
         finally:
+            # Jobs first: running jobs are re-queued and their streams closed, so the
+            # scheduler's drain does not wait out a long video.
+            await runtime.jobs.stop()
             await runtime.scheduler.stop()
 
     middlewares = list(ConnexionMiddleware.default_middlewares)
@@ -176,16 +190,35 @@ def create_app(settings: Settings | None = None) -> AsyncApp:
         validator_map=VALIDATOR_MAP,
         swagger_ui_options=SwaggerUIOptions(swagger_ui_path="/ui"),
     )
+    fastpath.install(app._middleware_app)
     app.add_api(
         spec,
         resolver=TagResolver(),
         validate_responses=settings.validate_responses,
         name="ttmedia",
     )
+    # Before the gate: a request without an organisation is 401, even while warming.
+    app.add_middleware(
+        OrganizationCheck, position=MiddlewarePosition.BEFORE_VALIDATION,
+        settings=settings, operations=org_scoped_operations(spec),
+    )
     app.add_middleware(
         ReadinessGate, position=MiddlewarePosition.BEFORE_VALIDATION,
         runtime=runtime, families=families_by_operation(spec),
     )
+    # The contract as written (not Connexion's resolved copy) at /openapi.yaml and /openapi.json.
+    app.add_middleware(ServeSpecFile, position=MiddlewarePosition.BEFORE_SWAGGER, spec_file=spec_path())
+    app.add_middleware(
+        RequestMiddleware, position=MiddlewarePosition.BEFORE_EXCEPTION,
+        metrics=runtime.metrics, max_body_bytes=settings.max_request_body_bytes,
+    )
+    if settings.cors_allow_origins:
+        app.add_middleware(
+            CORSMiddleware, position=MiddlewarePosition.BEFORE_EXCEPTION,
+            allow_origins=[o.strip() for o in settings.cors_allow_origins.split(",") if o.strip()],
+            allow_methods=["GET", "POST"], allow_headers=["Authorization", "Content-Type", "X-Request-ID"],
+            expose_headers=["X-Request-ID", "Retry-After"],
+        )
     _install_error_handlers(app, spec)
     app.runtime = runtime  # type: ignore[attr-defined]  # for tests and the CLI
     return app

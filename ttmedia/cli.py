@@ -1,4 +1,4 @@
-"""Command line: `ttmedia serve`, `ttmedia spec`."""
+"""Command line: `ttmedia serve`, `ttmedia spec`, `ttmedia stubs`."""
 
 from __future__ import annotations
 
@@ -82,6 +82,13 @@ def build_parser() -> argparse.ArgumentParser:
     spec = commands.add_parser("spec", help="print the OpenAPI contract")
     spec.add_argument("--format", choices=["yaml", "json"], default="yaml", help="output format (default yaml)")
     spec.set_defaults(func=_spec)
+
+    from ttmedia import stubs as _stubs
+
+    stubs = commands.add_parser("stubs", help="add handler skeletons for operations without a handler",
+                                description=(_stubs.__doc__ or "").split("\n\n")[0])
+    _stubs.add_arguments(stubs)
+    stubs.set_defaults(func=_stubs.run)
     return parser
 
 

@@ -84,6 +84,13 @@ class UnsupportedMediaType(Problem):
     status, reason = 415, "unsupported_media_type"
 
 
+class RangeNotSatisfiable(Problem):
+    status, reason = 416, "range_not_satisfiable"
+
+    def __init__(self, detail: str, size: int) -> None:
+        super().__init__(detail, headers={"Content-Range": f"bytes */{size}"})
+
+
 class InvalidRequest(Problem):
     status, reason = 422, "invalid_request"
 

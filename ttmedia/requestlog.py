@@ -98,7 +98,7 @@ class RequestMiddleware:
         self.metrics.latency.labels(operation).observe(seconds)
         if status == 503:
             self.metrics.not_ready.labels(info.reason or "unknown").inc()
-        if operation in ("get_metrics", "get_livez", "get_health"):
+        if operation in ("get_metrics", "get_livez", "get_health") or not log.isEnabledFor(logging.INFO):
             return  # probes and scrapes: counted, not logged, or they drown the log
         log.info("request", extra={"fields": {
             "request_id": info.request_id, "method": method, "path": scope.get("path", ""),

@@ -50,7 +50,25 @@ class Settings(BaseSettings):
     no_auth: bool = Field(default=False)
     validate_responses: bool = Field(default=False)
     max_request_body_bytes: int = Field(default=64 * 1024 * 1024, ge=1024)
+    max_audio_size_bytes: int = Field(default=50 * 1024 * 1024, ge=1,
+                                      description="Upstream: largest audio upload (decoded bytes); else 413.")
     log_level: str = Field(default="info")
+
+    # --- long-running jobs (video, fine-tuning) --------------------------------------------------
+    data_dir: str = Field(default="./data", description="Jobs database (jobs.db) and job outputs.")
+    job_max_attempts: int = Field(default=3, ge=1, description="Starts per job (restarts, lost workers).")
+    job_retention_seconds: float = Field(default=86400.0, gt=0)
+    job_max_stuck_time_seconds: float = Field(default=10800.0, gt=0)
+    job_cleanup_interval_seconds: float = Field(default=300.0, gt=0)
+    job_concurrency_per_model: int = Field(default=0, ge=0, description="0: one job per worker.")
+    max_jobs: int = Field(default=10000, ge=1, description="Upstream MAX_JOBS: unfinished jobs before 429.")
+    org_id_header: str = Field(default="X-TT-Organization", min_length=1)
+    sim_video_frames: int = Field(default=33, ge=1, le=241)
+    sim_video_width: int = Field(default=256, ge=16, le=1920)
+    sim_video_height: int = Field(default=144, ge=16, le=1080)
+    log_format: str = Field(default="auto", pattern="^(auto|json|text)$",
+                            description="json, text, or auto (text on a terminal, JSON otherwise).")
+    cors_allow_origins: str = Field(default="", description="Comma-separated origins; CORS is off when empty.")
 
     @field_validator("sim_warmup_seconds", mode="before")
     @classmethod

@@ -8,14 +8,17 @@ source of every default.
 
 from __future__ import annotations
 
+import json
+import re
 import typing as t
 
 import jsonschema
 import orjson
 from connexion.datastructures import MediaTypeDict
+from connexion.exceptions import NonConformingResponseBody
 from connexion.json_schema import Draft4RequestValidator, format_error_with_path
-from connexion.validators import FormDataValidator, MultiPartFormDataValidator
-from connexion.validators.json import JSONRequestBodyValidator
+from connexion.validators import FormDataValidator, MultiPartFormDataValidator, TextResponseBodyValidator
+from connexion.validators.json import JSONRequestBodyValidator, JSONResponseBodyValidator
 from jsonschema import Draft4Validator, ValidationError
 from starlette.types import Scope
 
@@ -36,6 +39,8 @@ def _with_defaults(validator_class: t.Any) -> t.Any:
 
 
 _DefaultsValidator = _with_defaults(Draft4RequestValidator)
+#: An integer literal orjson may not hold exactly (it turns integers beyond 64 bits into floats).
+_LONG_DIGITS = re.compile(rb"\d{19}")
 _compiled: dict[int, t.Any] = {}
 
 
@@ -56,9 +61,14 @@ class JSONBodyValidator(JSONRequestBodyValidator):
         if not raw.strip():
             return None
         try:
-            return orjson.loads(raw)
+            value = orjson.loads(raw)
         except orjson.JSONDecodeError as exc:
             raise MalformedBody(f"The request body is not valid UTF-8 JSON: {exc}") from None
+        if _LONG_DIGITS.search(raw):
+            # orjson accepted the document, so it is strict UTF-8 JSON; re-read it with the
+            # stdlib, which keeps big integers exact (a schema-valid integer must stay one).
+            value = json.loads(raw)
+        return value
 
     def _validate(self, body: t.Any) -> dict | None:
         if body is None:
@@ -72,6 +82,23 @@ class JSONBodyValidator(JSONRequestBodyValidator):
         return body
 
 
+class NDJSONResponseBodyValidator(JSONResponseBodyValidator):
+    """Each line of an application/x-ndjson body against the (per-line) schema.
+
+    Without it Connexion's `*/*json` validator would parse the whole stream as one JSON document.
+    """
+
+    def _parse(self, stream: t.Generator[bytes, None, None]) -> t.Any:
+        try:
+            return [orjson.loads(line) for line in b"".join(stream).splitlines() if line.strip()]
+        except orjson.JSONDecodeError as exc:
+            raise NonConformingResponseBody(f"NDJSON line is not JSON: {exc}") from None
+
+    def _validate(self, body: t.Any) -> None:
+        for line in body or []:
+            super()._validate(line)
+
+
 VALIDATOR_MAP = {
     "body": MediaTypeDict(
         {
@@ -79,5 +106,13 @@ VALIDATOR_MAP = {
             "application/x-www-form-urlencoded": FormDataValidator,
             "multipart/form-data": MultiPartFormDataValidator,
         }
-    )
+    ),
+    # Order matters: the first matching pattern wins, and `*/*json` also matches x-ndjson.
+    "response": MediaTypeDict(
+        {
+            "application/x-ndjson": NDJSONResponseBodyValidator,
+            "*/*json": JSONResponseBodyValidator,
+            "text/plain": TextResponseBodyValidator,
+        }
+    ),
 }

@@ -123,7 +123,7 @@ async def _completion_events(chunks: AsyncIterator[dict[str, Any]], completion_i
 
 # --- /v1/chat/completions -----------------------------------------------------------------------
 
-def render_chat(messages: list[dict[str, Any]]) -> str:
+def _render_chat(messages: list[dict[str, Any]]) -> str:
     """A plain chat template: one block per message, then the assistant's turn (or its prefill)."""
     parts = []
     for m in messages:
@@ -138,7 +138,7 @@ def render_chat(messages: list[dict[str, Any]]) -> str:
 
 async def create_chat_completion(body: dict[str, Any]) -> Response:
     pool = current().scheduler.pool("llm", body.get("model"))
-    prompt = render_chat(body["messages"])
+    prompt = _render_chat(body["messages"])
     requested = body.get("max_completion_tokens") or body.get("max_tokens")
     # An explicit limit must fit the context; the default shrinks to what is left of it.
     prompt_tokens = _check_context(pool, prompt, requested or 1)
@@ -177,3 +177,27 @@ async def _chat_events(chunks: AsyncIterator[dict[str, Any]], completion_id: str
         yield _error_event(exc)
         return
     yield SSE_DONE
+
+
+# --- /v1/tokenize, /v1/detokenize ---------------------------------------------------------------
+# No device work: the tokenizer runs here. The model must still be a served LLM (404 otherwise),
+# and these routes carry no readiness gate, so clients can count tokens while the model warms.
+
+async def tokenize(body: dict[str, Any]) -> Response:
+    pool = current().scheduler.pool("llm", body.get("model"))
+    ids = tokenizer.encode(body["prompt"])  # the simulated tokenizer has no special tokens to add
+    return json_response({
+        "count": len(ids),
+        "max_model_len": int(pool.model.info.options.get("max_model_length", 4096)),
+        "tokens": ids,
+        "token_strs": tokenizer.token_strings(ids) if body.get("return_token_strs") else None,
+    })
+
+
+async def detokenize(body: dict[str, Any]) -> Response:
+    current().scheduler.pool("llm", body.get("model"))
+    try:
+        prompt = tokenizer.decode(body["tokens"])
+    except ValueError as exc:
+        raise problems.InvalidRequest(f"tokens: {exc}") from None
+    return json_response({"prompt": prompt})

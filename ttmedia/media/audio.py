@@ -201,7 +201,8 @@ def _decode_wav(data: bytes, max_seconds: float | None) -> tuple[np.ndarray, int
             if max_seconds is not None:
                 frames = max(0, min(frames, int(max_seconds * rate)))
             raw = src.readframes(frames)
-    except (wave.Error, EOFError):
+    except (wave.Error, EOFError, RuntimeError):
+        # RuntimeError: the stdlib's chunk reader on a RIFF header with a junk chunk size.
         return None
     if width not in (1, 2, 3, 4) or channels < 1 or rate < 1:
         return None

@@ -12,12 +12,13 @@ from dataclasses import dataclass, field, replace
 #: Family → the routes it serves (as listed by /v1/models).
 FAMILY_ROUTES: dict[str, tuple[str, ...]] = {
     "llm": ("/v1/completions", "/v1/chat/completions", "/v1/tokenize", "/v1/detokenize"),
-    "image": ("/v1/images/generations",),
+    "image": ("/v1/images/generations", "/v1/images/image-to-image", "/v1/images/edits"),
     "embedding": ("/v1/embeddings",),
     "cnn": ("/v1/cnn/search-image",),
     "audio": ("/v1/audio/transcriptions", "/v1/audio/translations"),
     "tts": ("/v1/audio/speech",),
-    "video": ("/v1/videos/generations",),
+    "video": ("/v1/videos/generations", "/v1/videos/generations/i2v", "/v1/videos/generations/i2v/upload"),
+    "training": ("/v1/jobs", "/v1/catalog"),
 }
 
 #: Relative device speed (time multiplier) per TT device type; n150 is the reference.
@@ -96,6 +97,18 @@ CATALOG: dict[str, ModelInfo] = {
         _m("distil-large-v3", "audio", "sim-whisper", Timing(4.0, 0.05, 0.0, 0.02),
            "distil-whisper/distil-large-v3"),
         _m("speecht5_tts", "tts", "sim-tts", Timing(3.0, 0.05, 0.0, 0.0, 0.004), "microsoft/speecht5_tts"),
+        # Video: per-step cost of one denoising step over all frames; t2v / i2v say what the
+        # model accepts (an I2V-only model answers text-to-video with 422, as upstream).
+        _m("Wan2.2-T2V-A14B-Diffusers", "video", "sim-video", Timing(12.0, 0.5, 0.0, 0.4),
+           "Wan-AI/Wan2.2-T2V-A14B-Diffusers", t2v=True, i2v=False),
+        _m("Wan2.2-I2V-A14B-Diffusers", "video", "sim-video", Timing(12.0, 0.5, 0.0, 0.4),
+           "Wan-AI/Wan2.2-I2V-A14B-Diffusers", t2v=False, i2v=True, i2v_only=True),
+        _m("mochi-1-preview", "video", "sim-video", Timing(10.0, 0.5, 0.0, 0.3), "genmo/mochi-1-preview",
+           t2v=True, i2v=False),
+        # Fine-tuning (LoRA): per-step cost of one optimiser step of one micro-batch.
+        _m("Llama-3.2-3B-Instruct", "training", "sim-trainer", Timing(4.0, 0.2, 0.0, 0.05),
+           "meta-llama/Llama-3.2-3B-Instruct"),
+        _m("gemma-1.1-2b-it", "training", "sim-trainer", Timing(3.0, 0.2, 0.0, 0.04), "google/gemma-1.1-2b-it"),
     )
 }
 

@@ -15,6 +15,12 @@ from ttmedia.runners.base import Runner
 BUILTIN: dict[str, str] = {
     "sim-llm": "ttmedia.runners.sim.llm:SimLLMRunner",
     "sim-image": "ttmedia.runners.sim.image:SimImageRunner",
+    "sim-embedding": "ttmedia.runners.sim.embedding:SimEmbeddingRunner",
+    "sim-cnn": "ttmedia.runners.sim.cnn:SimCNNRunner",
+    "sim-whisper": "ttmedia.runners.sim.whisper:SimWhisperRunner",
+    "sim-tts": "ttmedia.runners.sim.tts:SimTTSRunner",
+    "sim-video": "ttmedia.runners.sim.video:SimVideoRunner",
+    "sim-trainer": "ttmedia.runners.sim.trainer:SimTrainerRunner",
 }
 
 

@@ -47,8 +47,9 @@ class Ticket:
 
 class ModelPool:
     def __init__(self, model: ServedModel, settings: Settings, loop: asyncio.AbstractEventLoop,
-                 make_worker: Any) -> None:
+                 make_worker: Any, observer: Any = None) -> None:
         self.model = model
+        self.observer = observer  # metrics: told about each dispatched batch
         self.settings = settings
         self.loop = loop
         self.pending: deque[Ticket] = deque()
@@ -58,6 +59,7 @@ class ModelPool:
         self.service_time_s = max(model.info.timing.base_s, 0.001)  # EWMA of per-request time
         self.idle = asyncio.Event()
         self.idle.set()
+        self._pump_timer = False
 
     # --- state ----------------------------------------------------------------------------------
 
@@ -116,18 +118,25 @@ class ModelPool:
     async def submit(self, payload: dict[str, Any]) -> Any:
         """Run one non-streaming request; raise a Problem if it cannot be served."""
         ticket = self._admit(payload, stream=False)
-        assert ticket.future is not None
+        future = ticket.future
+        assert future is not None
+        timeout = self.settings.request_processing_timeout_seconds
+        # A timer on the future, rather than wait_for(): no extra task per request.
+        timer = self.loop.call_later(timeout, self._expire, ticket)
         try:
-            return await asyncio.wait_for(asyncio.shield(ticket.future),
-                                          self.settings.request_processing_timeout_seconds)
-        except TimeoutError:
-            self._timed_out(ticket)
-            raise problems.Timeout(
-                f"{self.name} did not answer within {self.settings.request_processing_timeout_seconds:g} s."
-            ) from None
+            return await future
         except asyncio.CancelledError:
-            self._abandon(ticket)
+            if future.cancelled() or not future.done():
+                self._abandon(ticket)
             raise
+        finally:
+            timer.cancel()
+
+    def _expire(self, ticket: Ticket) -> None:
+        if ticket.future is not None and not ticket.future.done():
+            self._timed_out(ticket)
+            self._fail(ticket, problems.Timeout(
+                f"{self.name} did not answer within {self.settings.request_processing_timeout_seconds:g} s."))
 
     def open_stream(self, payload: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
         """Admit a streaming request now (so 429/503 come before any 200), then iterate chunks."""
@@ -163,7 +172,7 @@ class ModelPool:
         """Hand waiting requests to ready workers with free capacity."""
         while self.pending:
             worker = min((w for w in self.workers if w.free), key=lambda w: w.load, default=None)
-            if worker is None:
+            if worker is None or self._hold_for_batch():
                 return
             first = self.pending.popleft()
             if first.stream:
@@ -177,12 +186,36 @@ class ModelPool:
             worker.batches[batch_id] = {t.id for t in batch}
             self._send(worker, batch, (p.RUN, batch_id, [(t.id, t.payload) for t in batch]))
 
+    def _hold_for_batch(self) -> bool:
+        """Wait up to MAX_BATCH_DELAY_MS for a partial batch to fill, then send what there is."""
+        size, delay = self.settings.max_batch_size, self.settings.max_batch_delay_ms / 1000
+        if size <= 1 or delay <= 0 or self.pending[0].stream:
+            return False
+        batchable = 0
+        for ticket in self.pending:
+            if ticket.stream or batchable == size:
+                break
+            batchable += 1
+        left = self.pending[0].enqueued_at + delay - time.monotonic()
+        if batchable >= size or left <= 0:
+            return False
+        if not self._pump_timer:
+            self._pump_timer = True
+            self.loop.call_later(left, self._timed_pump)
+        return True
+
+    def _timed_pump(self) -> None:
+        self._pump_timer = False
+        self.pump()
+
     def _send(self, worker: WorkerHandle, tickets: list[Ticket], message: tuple[Any, ...]) -> None:
         now = time.monotonic()
         for t in tickets:
             t.worker, t.dispatched_at = worker, now
             worker.inflight[t.id] = t
         worker.load += 1
+        if self.observer is not None:
+            self.observer.dispatched(self.name, [now - t.enqueued_at for t in tickets])
         worker.send(message)  # a dead pipe is noticed by the reader, which re-dispatches
 
     def _finish(self, worker: WorkerHandle, ticket_id: str) -> Ticket | None:

@@ -12,6 +12,7 @@ from dataclasses import replace
 from typing import Any
 
 from ttmedia import problems
+from ttmedia.context import note
 from ttmedia.runners.base import RunnerContext
 from ttmedia.runners.catalog import DEVICE_SPEED
 from ttmedia.runners.faults import parse_faults
@@ -34,6 +35,8 @@ class Scheduler:
         self.pools: dict[str, ModelPool] = {}
         self._watchdog: asyncio.Task[None] | None = None
         self.started_at = time.monotonic()
+        self.last_watch = time.monotonic()  # the watchdog's last tick: /livez checks it
+        self.observer: Any = None  # ttmedia.metrics.Metrics, when attached
 
     # --- lifecycle ------------------------------------------------------------------------------
 
@@ -41,7 +44,8 @@ class Scheduler:
         """Spawn every worker of every model at once; return without waiting for warmup."""
         loop = asyncio.get_running_loop()
         for model in self.models:
-            self.pools[model.name] = ModelPool(model, self.settings, loop, self._make_worker_factory(loop))
+            self.pools[model.name] = ModelPool(model, self.settings, loop, self._make_worker_factory(loop),
+                                               observer=self.observer)
         for pool in self.pools.values():
             for worker in pool.workers:
                 worker.spawn()
@@ -56,6 +60,8 @@ class Scheduler:
             timing = info.timing.scaled(speed)
             if self.settings.sim_warmup_seconds is not None:
                 timing = replace(timing, warmup_s=self.settings.sim_warmup_seconds)
+            if pool.model.warmup_s is not None:
+                timing = replace(timing, warmup_s=pool.model.warmup_s)
             context = RunnerContext(pool.name, info.family, self.settings.device, group, timing, dict(info.options))
             spec = WorkerSpec(
                 runner=info.runner,
@@ -68,12 +74,19 @@ class Scheduler:
 
         return make
 
-    async def stop(self, grace_s: float | None = None) -> None:
-        """Drain: refuse new work, let in-flight work finish within the grace period, stop workers."""
+    def begin_drain(self, grace_s: float | None = None) -> float:
+        """Refuse new work from now on; return the drain deadline (monotonic)."""
         grace = self.settings.drain_grace_seconds if grace_s is None else grace_s
         deadline = time.monotonic() + grace
         for pool in self.pools.values():
-            pool.draining, pool.drain_deadline = True, deadline
+            if not pool.draining:
+                pool.draining, pool.drain_deadline = True, deadline
+        return min((pool.drain_deadline for pool in self.pools.values()), default=deadline)
+
+    async def stop(self, grace_s: float | None = None) -> None:
+        """Drain: refuse new work, let in-flight work finish within the grace period, stop workers."""
+        deadline = self.begin_drain(grace_s)
+        grace = max(deadline - time.monotonic(), 0.0)
         idle = [asyncio.ensure_future(pool.idle.wait()) for pool in self.pools.values()]
         if idle:
             await asyncio.wait(idle, timeout=grace)
@@ -126,6 +139,8 @@ class Scheduler:
             worker.state = WorkerState.READY
             worker.ready_time = time.time()
             log.info("worker %s of %s ready after %.2fs", worker.worker_id, pool.name, message[1])
+            if self.observer is not None:
+                self.observer.worker_ready(pool.name, time.monotonic() - worker.spawned_at)
             pool.pump()
         elif kind == p.INIT_FAILED:
             worker.last_error = message[1]
@@ -172,7 +187,7 @@ class Scheduler:
         limit = self.settings.worker_heartbeat_timeout_seconds
         while True:
             await asyncio.sleep(self.settings.worker_heartbeat_seconds)
-            now = time.monotonic()
+            now = self.last_watch = time.monotonic()
             for pool in self.pools.values():
                 for w in pool.workers:
                     live = w.state in (WorkerState.STARTING, WorkerState.WARMING, WorkerState.READY)
@@ -189,12 +204,18 @@ class Scheduler:
         if model:
             for pl in candidates:
                 if model in (pl.name, pl.model.info.name, pl.model.info.hf_id):
+                    note(model=pl.name)
                     return pl
             served = ", ".join(pl.name for pl in candidates) or "none"
             raise problems.ModelNotFound(f"Model {model!r} is not served here (served for this route: {served}).")
         if not candidates:
             raise problems.ModelNotFound(f"No {family} model is served by this server.")
+        note(model=candidates[0].name)
         return candidates[0]
+
+    @property
+    def watching(self) -> bool:
+        return self._watchdog is not None and not self._watchdog.done()
 
     def families(self) -> set[str]:
         return {pl.model.family for pl in self.pools.values()}

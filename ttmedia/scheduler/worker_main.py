@@ -45,10 +45,16 @@ class Worker:
         """Blocking reads on a thread; each message is handed to the loop."""
         while True:
             try:
-                message = self.conn.recv()
+                batch = [self.conn.recv()]
+                while self.conn.poll(0):
+                    batch.append(self.conn.recv())
             except (EOFError, OSError):
                 os._exit(0)  # the scheduler is gone; nobody will read our results
-            self.loop.call_soon_threadsafe(self._dispatch, message)
+            self.loop.call_soon_threadsafe(self._dispatch_all, batch)
+
+    def _dispatch_all(self, messages: list[tuple[Any, ...]]) -> None:
+        for message in messages:
+            self._dispatch(message)
 
     def _dispatch(self, message: tuple[Any, ...]) -> None:
         kind = message[0]

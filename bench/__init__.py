@@ -1,0 +1,1 @@
+"""Benchmarks: numbers, not pass/fail. `python -m bench.run --help`."""

@@ -1,0 +1,188 @@
+"""Run the benchmark scenarios and print one table.
+
+    python -m bench.run                 # every scenario, 10 s runs, median of 3 (interleaved)
+    python -m bench.run --smoke         # seconds-long check that the harness works (used in CI)
+    python -m bench.run -s 1 -s 4       # some scenarios only
+
+The server is pinned to core 0 and the load to core 1 when the machine has two cores. Every
+figure is also printed as a ratio to a bare Starlette app measured in the same run, so results
+from different days and machines can be compared.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import time
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from bench import load as L
+from bench.servers import LOAD_CORE, http_status, pinning_available, port_open, starlette_server, ttmedia_server
+
+COMPLETION = {"prompt": "Benchmark prompt", "max_tokens": 16}
+STREAM = {"prompt": "Benchmark prompt", "max_tokens": 64, "stream": True}
+# Qwen3-8B costs 0.025 s per token on an n150: SIM_SPEED 0.04 makes it 1 ms per token.
+STREAM_ENV = {"MODELS": "Qwen3-8B", "SIM_SPEED": "0.04", "SIM_WARMUP_SECONDS": "0"}
+# bge-m3 costs 0.014 s per one-input request on an n150: ×3.5714 makes it 50 ms, one at a time.
+SCALING_SPEED = str(0.05 / 0.014)
+
+
+@dataclass
+class Row:
+    scenario: str
+    metric: str
+    value: float
+    target: str
+    baseline: float | None = None  # the Starlette figure to compare with, when meaningful
+
+    def ratio(self) -> str:
+        if not self.baseline:
+            return ""
+        return f"{self.value / self.baseline:.2f}×"
+
+
+def median_of(runs: list[float]) -> float:
+    return statistics.median(runs) if runs else float("nan")
+
+
+class Bench:
+    def __init__(self, seconds: float, repeats: int) -> None:
+        self.seconds, self.repeats = seconds, repeats
+        self.rows: list[Row] = []
+        self.baseline: dict[str, float] = {}
+
+    def measure_baseline(self) -> None:
+        with starlette_server() as s:
+            for c in (1, 8, 32):
+                r = L.load(s.url + "/v1/completions", COMPLETION, c, self.seconds)
+                self.baseline[f"rps_c{c}"] = r.rps
+                self.baseline[f"p50_c{c}"] = r.p50_ms
+        self.rows.append(Row("0 baseline", "bare Starlette req/s c=8", self.baseline["rps_c8"], "(reference)"))
+
+    def completions(self) -> None:
+        results: dict[int, list[L.LoadResult]] = {1: [], 8: [], 32: []}
+        for _ in range(self.repeats):
+            with ttmedia_server({"MODELS": "Qwen3-8B", "SIM_SPEED": "0", "SIM_WARMUP_SECONDS": "0"}) as s:
+                for c in results:  # interleaved: each repeat runs every concurrency
+                    results[c].append(L.load(s.url + "/v1/completions", COMPLETION, c, self.seconds))
+        for c, runs in results.items():
+            rps = median_of([r.rps for r in runs])
+            self.rows.append(Row("1 completions", f"c={c} req/s", rps,
+                                 {1: "-", 8: "≥ 1650", 32: "≥ 1600"}[c], self.baseline.get(f"rps_c{c}")))
+            self.rows.append(Row("1 completions", f"c={c} p50 ms", median_of([r.p50_ms for r in runs]),
+                                 "≤ 1.2" if c == 1 else "-"))
+            self.rows.append(Row("1 completions", f"c={c} p99 ms", median_of([r.p99_ms for r in runs]),
+                                 {1: "-", 8: "≤ 45", 32: "≤ 85"}[c]))
+            errors = sum(r.non_2xx for r in runs)
+            if errors:
+                self.rows.append(Row("1 completions", f"c={c} non-2xx answers", errors, "0"))
+
+    def warming(self) -> None:
+        runs = []
+        retry_after_seen = True
+        for _ in range(self.repeats):
+            with ttmedia_server({"MODELS": "Qwen3-8B", "SIM_WARMUP_SECONDS": "100000"}, wait="up") as s:
+                runs.append(L.load(s.url + "/v1/completions", COMPLETION, 32, self.seconds))
+                request = urllib.request.Request(s.url + "/v1/completions", data=b'{"prompt":"x"}',
+                                                 headers={"Content-Type": "application/json"})
+                try:
+                    urllib.request.urlopen(request)
+                except urllib.error.HTTPError as exc:
+                    retry_after_seen &= exc.code == 503 and int(exc.headers["Retry-After"]) >= 1
+        self.rows.append(Row("2 warming 503", "c=32 req/s", median_of([r.rps for r in runs]), "≥ 8000",
+                             self.baseline.get("rps_c32")))
+        self.rows.append(Row("2 warming 503", "share of answers that were 503",
+                             sum(r.non_2xx for r in runs) / max(sum(r.requests for r in runs), 1), "1.0"))
+        self.rows.append(Row("2 warming 503", "Retry-After on a sampled 503", float(retry_after_seen), "1"))
+
+    def scaling(self) -> None:
+        for k in (1, 2, 4, 8):
+            groups = ",".join(f"({i})" for i in range(k))
+            runs = []
+            for _ in range(self.repeats):
+                env = {"MODELS": f"bge-m3@{groups}", "SIM_SPEED": SCALING_SPEED, "SIM_WARMUP_SECONDS": "0"}
+                with ttmedia_server(env) as s:
+                    runs.append(L.load(s.url + "/v1/embeddings", {"input": "scaling"}, 2 * k, self.seconds))
+            ideal = k / 0.05
+            self.rows.append(Row("3 scaling 50 ms", f"K={k} workers, c={2 * k} req/s", median_of([r.rps for r in runs]),
+                                 f"≥ {0.95 * ideal:.0f}"))
+
+    def streaming(self) -> None:
+        results: dict[int, list[L.StreamResult]] = {1: [], 8: []}
+        for _ in range(self.repeats):
+            with ttmedia_server(STREAM_ENV) as s:
+                for c in results:
+                    results[c].append(L.streams(s.url + "/v1/completions", STREAM, c, self.seconds))
+        for c, runs in results.items():
+            self.rows.append(Row("4 streaming 64×1 ms", f"c={c} streams/s", median_of([r.streams_per_s for r in runs]),
+                                 "≥ 110" if c == 8 else "-"))
+            self.rows.append(Row("4 streaming 64×1 ms", f"c={c} TTFT p50 ms", median_of([r.ttft_p50_ms for r in runs]),
+                                 "≤ 10" if c == 8 else "-"))
+            self.rows.append(Row("4 streaming 64×1 ms", f"c={c} inter-token p99 ms",
+                                 median_of([r.gap_p99_ms for r in runs]), "≤ 1.5" if c == 8 else "-"))
+
+    def startup(self) -> None:
+        port_times, ready_times = [], []
+        for _ in range(self.repeats):
+            env = {"MODELS": "bge-m3@" + ",".join(f"({i})" for i in range(8)), "SIM_WARMUP_SECONDS": "2",
+                   "SIM_SPEED": "1"}
+            with ttmedia_server(env, wait="port") as s:
+                port_times.append(time.monotonic() - s.launched_at)
+                while http_status(s.url + "/health") != 200:
+                    time.sleep(0.01)
+                ready_times.append(time.monotonic() - s.launched_at)
+        self.rows.append(Row("5 start-up", "port open s", median_of(port_times), "≤ 1.0"))
+        self.rows.append(Row("5 start-up", "ready s (8 workers × 2 s warmup)", median_of(ready_times), "≤ 2.5"))
+
+    def sigterm(self, requests: int = 10_000) -> None:
+        exits = []
+        for _ in range(self.repeats):
+            with ttmedia_server({"MODELS": "Qwen3-8B", "SIM_SPEED": "0", "SIM_WARMUP_SECONDS": "0",
+                                 "DRAIN_GRACE_SECONDS": "10"}) as s:
+                done = 0
+                while done < requests:
+                    done += L.load(s.url + "/v1/completions", COMPLETION, 8, 2).requests
+                exits.append(s.stop())
+                assert not port_open(s.port)
+        self.rows.append(Row("6 SIGTERM", f"exit s after {requests} requests (grace 10 s)", max(exits), "≤ 10"))
+
+    def print_table(self) -> None:
+        tool = "wrk" if L.have_wrk() else "asyncio client (install wrk for comparable numbers)"
+        print(f"\nload: {tool}; pinning: {'server core 0, load core 1' if pinning_available() else 'none'}; "
+              f"{self.seconds:g} s runs, median of {self.repeats}\n")
+        print(f"{'scenario':<22} {'metric':<42} {'value':>10} {'target':>10} {'vs Starlette':>13}")
+        print("-" * 101)
+        for r in self.rows:
+            print(f"{r.scenario:<22} {r.metric:<42} {r.value:>10.2f} {r.target:>10} {r.ratio():>13}")
+
+
+SCENARIOS: dict[int, Callable[[Bench], None]] = {
+    1: Bench.completions, 2: Bench.warming, 3: Bench.scaling, 4: Bench.streaming, 5: Bench.startup, 6: Bench.sigterm,
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("-s", "--scenario", type=int, action="append", choices=sorted(SCENARIOS),
+                        help="run only this scenario (repeatable); default all")
+    parser.add_argument("--seconds", type=float, default=10.0, help="length of each load run (default 10)")
+    parser.add_argument("--repeats", type=int, default=3, help="repeats per scenario, median reported (default 3)")
+    parser.add_argument("--smoke", action="store_true", help="1 s runs, one repeat, scenarios 1 and 4: checks the harness")
+    args = parser.parse_args(argv)
+    if pinning_available():
+        os.sched_setaffinity(0, {int(LOAD_CORE)})  # the measuring client stays off the server's core
+    bench = Bench(1.0 if args.smoke else args.seconds, 1 if args.smoke else args.repeats)
+    chosen = [1, 4] if args.smoke else (args.scenario or sorted(SCENARIOS))
+    bench.measure_baseline()
+    for number in chosen:
+        SCENARIOS[number](bench)
+    bench.print_table()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,1 @@
+"""Contract tooling: Schemathesis config and checks, the live-server fuzz runner."""

@@ -1,0 +1,212 @@
+"""Project-specific Schemathesis checks: the readiness and back-pressure contract of DESIGN.md.
+
+Loaded by `st run` through `hooks = "contract.checks"` in contract/schemathesis.toml (or
+`SCHEMATHESIS_HOOKS=contract.checks`); the working directory must be the repository root.
+Registered checks run on every response, next to the built-in `--checks all`.
+
+* `retry_after_on_503`: every 503 carries an integer `Retry-After` >= 1 and is a problem+json
+  body with a string `reason` (warming_up, no_workers, ...).
+* `no_405_for_declared_method`: 405 never answers a method the spec declares on that path
+  (the upstream bug this project exists to fix: "not ready" reported as 405), and every 405
+  lists all of the path's declared methods in `Allow`.
+* `retry_after_on_429`: every 429 carries an integer `Retry-After` >= 1.
+
+One generation hook (`filter_case`) keeps the fuzzer within a rule OpenAPI 3.0 cannot express;
+it narrows generated data only and never drops a failure or a check (see its docstring).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import schemathesis
+from schemathesis.generation import GenerationMode
+
+from ttmedia.runners.catalog import CATALOG
+
+PROBLEM_JSON = "application/problem+json"
+HTTP_METHODS = ("get", "put", "post", "delete", "patch", "options", "head", "trace")
+
+
+def _header(response: Any, name: str) -> str | None:
+    values = response.headers.get(name.lower())
+    if not values:
+        return None
+    return values[0] if isinstance(values, list) else str(values)
+
+
+def _assert_retry_after(response: Any) -> None:
+    status = response.status_code
+    value = _header(response, "Retry-After")
+    if value is None:
+        raise AssertionError(f"{status} without a Retry-After header")
+    try:
+        seconds = int(value.strip())
+    except ValueError:
+        raise AssertionError(f"{status} Retry-After is not an integer number of seconds: {value!r}") from None
+    if seconds < 1:
+        raise AssertionError(f"{status} Retry-After must be at least 1 second, got {seconds}")
+
+
+def _resolve(raw: dict[str, Any], node: Any) -> Any:
+    """Follow local `$ref`s (the served spec is usually already resolved)."""
+    seen = 0
+    while isinstance(node, dict) and "$ref" in node and seen < 16:
+        ref = node["$ref"]
+        if not ref.startswith("#/"):
+            return node
+        target: Any = raw
+        for part in ref[2:].split("/"):
+            target = target.get(part.replace("~1", "/").replace("~0", "~"), {})
+        node = target
+        seen += 1
+    return node
+
+
+def _path_item(case: Any) -> dict[str, Any]:
+    raw = case.operation.schema.raw_schema
+    return _resolve(raw, raw.get("paths", {}).get(case.operation.path, {})) or {}
+
+
+def _declared_503_media_types(case: Any) -> set[str]:
+    """Media types the spec declares for this operation's 503 (empty if not declared)."""
+    raw = case.operation.schema.raw_schema
+    operation = _path_item(case).get(case.operation.method.lower(), {})
+    response = _resolve(raw, (operation.get("responses") or {}).get("503"))
+    if not isinstance(response, dict):
+        return set()
+    return {m.split(";")[0].strip().lower() for m in (response.get("content") or {})}
+
+
+@schemathesis.check
+def retry_after_on_503(ctx: Any, response: Any, case: Any) -> bool | None:
+    """A 503 means "not ready, come back later": say when, and why."""
+    if response.status_code != 503:
+        return None
+    _assert_retry_after(response)
+    # /tt-liveness keeps the upstream status body on 503 (DESIGN.md, Readiness) and declares it
+    # as its only 503 media type; everything else answers 503 with problem+json.
+    declared = _declared_503_media_types(case)
+    if declared and PROBLEM_JSON not in declared:
+        return True
+    content_type = (_header(response, "Content-Type") or "").split(";")[0].strip().lower()
+    if content_type != PROBLEM_JSON:
+        raise AssertionError(f"503 must be {PROBLEM_JSON}, got {content_type or 'no Content-Type'!r}")
+    try:
+        body = json.loads(response.content)
+    except ValueError:
+        raise AssertionError("503 body is not JSON") from None
+    if not isinstance(body, dict) or not isinstance(body.get("reason"), str) or not body["reason"]:
+        raise AssertionError(f"503 problem has no string `reason`: {response.content[:200]!r}")
+    return True
+
+
+@schemathesis.check
+def no_405_for_declared_method(ctx: Any, response: Any, case: Any) -> bool | None:
+    """405 only ever means "this path does not support this method", never "not ready"."""
+    if response.status_code != 405:
+        return None
+    declared = {m.upper() for m in _path_item(case) if m in HTTP_METHODS}
+    method = str(case.method).upper()
+    if method in declared:
+        raise AssertionError(
+            f"405 for {method} {case.operation.path}, a method the spec declares on this path "
+            f"(declared: {', '.join(sorted(declared))})"
+        )
+    allow = _header(response, "Allow")
+    if allow is None:
+        raise AssertionError("405 without an Allow header")
+    allowed = {m.strip().upper() for m in allow.split(",") if m.strip()}
+    missing = declared - allowed - {"HEAD", "OPTIONS"}
+    if missing:
+        raise AssertionError(f"405 Allow: {allow!r} misses declared methods: {', '.join(sorted(missing))}")
+    return True
+
+
+@schemathesis.check
+def retry_after_on_429(ctx: Any, response: Any, case: Any) -> bool | None:
+    """A full queue is back-pressure: tell the client when to retry."""
+    if response.status_code != 429:
+        return None
+    _assert_retry_after(response)
+    return True
+
+
+# --- generation: stay within model rules that OpenAPI 3.0 cannot express -------------------------
+#
+# Some limits depend on the model that serves a request, so the schema cannot state them and the
+# server rightly answers 422 `invalid_request` ("by the model's rules", declared in the spec):
+#   * image: num_inference_steps >= 12 for SDXL, >= 4 for FLUX, >= 1 for Z-Image (upstream rule);
+#   * llm: prompt tokens + max_tokens must fit the model's context (max_model_length);
+#   * llm: token-id prompts and /v1/detokenize ids must be ids of the model's vocabulary;
+#   * llm: streaming completions take one prompt and n = 1 (upstream: 501 for batched streams);
+#   * embedding: `dimensions` at most the model's size (1024 for bge-m3).
+# `positive_data_acceptance` would report those 422s as "schema-valid request rejected". This
+# filter skips only *positive* cases that break such a rule; negative cases, every check and
+# every operation stay in. The rules themselves are tested in tests/ (e.g. test_http_basics.py).
+
+IMAGE_MIN_STEPS = max(int(m.options.get("min_steps", 1)) for m in CATALOG.values() if m.family == "image")
+LLM_CONTEXT = min(int(m.options.get("max_model_length", 4096)) for m in CATALOG.values() if m.family == "llm")
+EMBEDDING_DIMENSIONS = min(
+    [int(m.options.get("dimensions", 1 << 30)) for m in CATALOG.values() if m.family == "embedding"] or [1 << 30])
+
+
+def _breaks_model_rule(family: str, path: str, body: dict[str, Any]) -> bool:
+    from ttmedia.handlers.text import _render_chat as render_chat
+    from ttmedia.runners.sim import tokenizer
+
+    if path.endswith("/detokenize"):
+        tokens = body.get("tokens")
+        # Negative ids are not a model rule (no model has them): those cases stay in.
+        return isinstance(tokens, list) and any(isinstance(i, int) and i >= tokenizer.vocab_size() for i in tokens)
+    if family == "embedding":
+        dims = body.get("dimensions")
+        inputs = body.get("input")
+        rows = inputs if isinstance(inputs, list) and inputs and isinstance(inputs[0], list) else [inputs]
+        vocab = tokenizer.vocab_size()
+        out_of_vocab = any(isinstance(row, list) and any(isinstance(i, int) and i >= vocab for i in row)
+                           for row in rows)
+        return out_of_vocab or (isinstance(dims, int) and dims > EMBEDDING_DIMENSIONS)
+    if family == "image":
+        steps = body.get("num_inference_steps")
+        return isinstance(steps, int) and not isinstance(steps, bool) and 1 <= steps < IMAGE_MIN_STEPS
+    if family != "llm":
+        return False
+    if path.endswith("/chat/completions"):
+        requested = body.get("max_completion_tokens") or body.get("max_tokens") or 1
+        return len(tokenizer.encode(render_chat(body.get("messages") or []))) + requested > LLM_CONTEXT
+    if path.endswith("/completions"):
+        prompt = body.get("prompt")
+        prompts = [prompt] if isinstance(prompt, str) or (prompt and isinstance(prompt[0], int)) else prompt
+        max_tokens = body.get("max_tokens") or 16
+        if body.get("stream") and (len(prompts or []) > 1 or (body.get("n") or 1) > 1):
+            return True
+        for item in prompts or []:
+            if isinstance(item, str):
+                count = len(tokenizer.encode(item))
+            else:
+                if any(not 0 <= i < tokenizer.vocab_size() for i in item):
+                    return True
+                count = len(item)
+            if count + max_tokens > LLM_CONTEXT:
+                return True
+    return False
+
+
+@schemathesis.hook
+def filter_case(ctx: Any, case: Any) -> bool:
+    """Keep a case unless it is positive and breaks a model rule the schema cannot express."""
+    operation = ctx.operation
+    if operation is None:
+        return True
+    family = operation.definition.raw.get("x-ttmedia-family") or ""
+    meta = getattr(case, "meta", None)
+    if meta is None or meta.generation.mode != GenerationMode.POSITIVE:
+        return True
+    if not isinstance(case.body, dict):
+        return True
+    try:
+        return not _breaks_model_rule(family, operation.path, case.body)
+    except Exception:  # noqa: BLE001 - when unsure, send the case and let the checks judge
+        return True

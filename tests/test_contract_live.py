@@ -1,0 +1,67 @@
+"""Live contract runs: Schemathesis fuzzes a real uvicorn server against openapi.yaml.
+
+Each test runs `contract.run.main` (server on a free loopback port, `st run` with
+contract/schemathesis.toml and contract/checks.py, server stopped afterwards) with a modest
+example count. Deselect with `-m "not contract"`; the full runs are `python -m contract.run`.
+"""
+
+from __future__ import annotations
+
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import pytest
+
+from contract import run
+
+pytestmark = [pytest.mark.contract, pytest.mark.timeout(300)]
+
+#: Per-operation examples: enough for every phase to reach every operation, small enough for
+#: about a minute per mode on a 2-core machine.
+MAX_EXAMPLES = 15
+
+
+def _junit_failures(report_dir: Path) -> list[str]:
+    root = ET.parse(report_dir / "junit.xml").getroot()
+    out = []
+    for case in root.iter("testcase"):
+        for bad in [*case.findall("failure"), *case.findall("error")]:
+            out.append(f"{case.get('name')}: {(bad.get('message') or bad.text or '').strip()[:500]}")
+    return out
+
+
+@pytest.mark.parametrize("mode", ["ready", "warming"])
+def test_live_contract(mode: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code = run.main(["--mode", mode, "--max-examples", str(MAX_EXAMPLES), "--report-dir", str(tmp_path),
+                     "--timeout", "240"])
+    out, err = capsys.readouterr()
+    assert (tmp_path / "junit.xml").is_file(), f"no JUnit report\n{err[-3000:]}"
+    failures = _junit_failures(tmp_path)
+    assert code == 0, (f"{mode}: exit {code}; failures: {failures}\n--- st output (tail) ---\n"
+                       f"{out[-6000:]}\n--- runner ---\n{err[-3000:]}")
+    if mode == "warming":
+        assert "[FAIL]" not in err and "warming check" in err
+
+
+def test_help_describes_modes(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        run.main(["--help"])
+    assert exc.value.code == 0
+    text = capsys.readouterr().out
+    for word in ("--mode", "ready", "warming", "--max-examples", "--seed", "--report-dir"):
+        assert word in text
+
+
+def test_warming_request_builder_covers_every_media_operation() -> None:
+    """The post-run 503 probe can build a valid request for every media operation in the spec."""
+    from ttmedia.app import load_spec
+
+    spec = load_spec()
+    media = [(p, m, op, item) for p, item in spec["paths"].items() for m, op in item.items()
+             if isinstance(op, dict) and "x-ttmedia-family" in op]
+    assert media
+    for path, method, operation, item in media:
+        url, _body, headers = run.build_request(spec, path, method, operation, item)
+        assert "{" not in url, (method, path, url)
+        if operation.get("requestBody"):
+            assert "Content-Type" in headers, (method, path)

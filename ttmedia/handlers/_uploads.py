@@ -1,0 +1,89 @@
+"""Reading media out of requests: multipart uploads or base64 JSON fields, with 413/415/422.
+
+Decoding runs in a thread (Pillow and ffmpeg block), and every media failure becomes the
+client's problem it is (422 undecodable, 415 unknown audio format), never a 500.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+from typing import Any
+
+import numpy as np
+from starlette.datastructures import UploadFile
+
+from ttmedia import problems
+from ttmedia.media.errors import EncoderUnavailable, MediaError, UnsupportedMediaFormat
+
+
+async def upload_bytes(body: dict[str, Any], file: UploadFile | None, field: str, limit: int) -> bytes:
+    """The file of a multipart upload, or the base64 JSON field `field`; 413 over `limit` bytes."""
+    if file is not None:
+        if file.size is not None and file.size > limit:
+            raise _too_large(field, file.size, limit)
+        data = await file.read()
+    else:
+        text = body.get(field)
+        if not isinstance(text, str) or not text:
+            raise problems.InvalidRequest(f"'{field}' is required: a multipart file or a base64 string.")
+        if len(text) * 3 // 4 > limit + 3:  # checked before decoding, so a huge body costs nothing
+            raise _too_large(field, len(text) * 3 // 4, limit)
+        data = b64decode(text, field)
+    if len(data) > limit:
+        raise _too_large(field, len(data), limit)
+    return data
+
+
+def _too_large(field: str, size: int, limit: int) -> problems.PayloadTooLarge:
+    return problems.PayloadTooLarge(f"'{field}' is {size} bytes; the limit is {limit} bytes.")
+
+
+def b64decode(text: str, field: str) -> bytes:
+    """Plain, URL-safe, line-wrapped or unpadded base64; 422 if it is none of them."""
+    payload = "".join(text.split()).translate(str.maketrans("-_", "+/"))
+    payload += "=" * (-len(payload) % 4)
+    try:
+        return base64.b64decode(payload, validate=True)
+    except (binascii.Error, ValueError):
+        raise problems.InvalidRequest(f"'{field}' is not valid base64.") from None
+
+
+async def decode_image(data: bytes | str, field: str, size: int | None = None, mode: str = "RGB") -> np.ndarray:
+    """Bytes or base64 text → uint8 pixels (resized to size×size if given); 422 if undecodable."""
+    def work() -> np.ndarray:
+        from PIL import Image
+
+        from ttmedia.media import images
+
+        img = images.decode_base64_image(data) if isinstance(data, str) else images.decode_image(data)
+        img = img.convert(mode)
+        if size:
+            img = img.resize((size, size), Image.Resampling.BICUBIC)
+        return np.asarray(img, dtype=np.uint8)
+
+    try:
+        return await asyncio.to_thread(work)
+    except MediaError as exc:
+        raise problems.InvalidRequest(f"'{field}' is not a usable image: {exc}") from None
+
+
+async def decode_audio(data: bytes, field: str = "file") -> np.ndarray:
+    """Audio bytes → mono float32 at 16 kHz. 415 for an unknown format, 422 if it will not decode."""
+    from ttmedia.media import audio
+
+    fmt = audio.sniff_audio_format(data)
+    if fmt is None:
+        raise problems.UnsupportedMediaType(
+            f"'{field}' is not audio in a supported format (WAV, MP3, OGG, FLAC, WebM, M4A)."
+        )
+    try:
+        samples, _rate = await asyncio.to_thread(audio.decode_audio, data)
+    except EncoderUnavailable as exc:
+        raise problems.Internal(f"audio decoding is unavailable on this server: {exc}") from None
+    except UnsupportedMediaFormat as exc:
+        raise problems.UnsupportedMediaType(f"'{field}': {exc}") from None
+    except MediaError as exc:
+        raise problems.InvalidRequest(f"'{field}' could not be decoded as {fmt}: {exc}") from None
+    return samples

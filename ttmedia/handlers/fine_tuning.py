@@ -1,0 +1,106 @@
+"""Fine-tuning jobs (upstream training service at /v1): catalog, jobs, metrics, logs, checkpoints.
+
+Every /v1/jobs route is scoped by the organisation header (ttmedia.jobs.org): a job of another
+organisation does not exist for the caller (404, never 403, so ids do not leak).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from starlette.responses import Response
+
+from ttmedia import problems
+from ttmedia.handlers._jobs import create_job, file_response, get_or_404, page, request_hash
+from ttmedia.http import json_response
+from ttmedia.jobs.kinds import TrainingKind
+from ttmedia.jobs.models import JobType
+from ttmedia.jobs.org import current_org
+from ttmedia.runners.catalog import CATALOG
+from ttmedia.runtime import current
+
+TRAINERS = ["lora"]
+OPTIMIZERS = ["adamw", "adam", "sgd"]
+DATASETS = [("SST2", "Stanford Sentiment Treebank v2"), ("Alpaca", "Stanford Alpaca instructions"),
+            ("Custom", "Custom dataset (file_type + template)")]
+LOCATION = "/v1/jobs/{id}"
+
+
+async def get_training_catalog() -> Response:
+    runtime = current()
+    served = {pl.model.info.name: pl for pl in runtime.scheduler.pools.values() if pl.model.family == "training"}
+    models = [{"id": info.name, "display_name": info.hf_id or info.name, "supported": info.name in served,
+               "model_config": {"runner": info.runner, "hf_id": info.hf_id}}
+              for info in CATALOG.values() if info.family == "training"]
+    workers = sum(len(pl.workers) for pl in served.values())
+    devices = sum(len(g) for pl in served.values() for g in pl.model.groups)
+    device = runtime.settings.device
+    return json_response({
+        "supported": {"trainers": TRAINERS, "optimizers": OPTIMIZERS},
+        "models": models,
+        "datasets": [{"id": d, "display_name": name, "supported": True} for d, name in DATASETS],
+        "trainers": TRAINERS,
+        "optimizers": OPTIMIZERS,
+        "clusters": [{"id": device, "display_name": f"Tenstorrent {device}", "supported": True, "partition": None,
+                      "mesh_shape": [1, max(1, devices)], "num_workers": workers,
+                      "topology": {"mesh_shape": [1, max(1, devices)], "nodes": 1, "total_devices": devices}}],
+    })
+
+
+async def create_fine_tuning_job(body: dict[str, Any]) -> Response:
+    runtime = current()
+    org = current_org()
+    pool = runtime.scheduler.pool("training", body.get("model"))
+    pool.check_ready()
+    device = runtime.settings.device
+    requested = body.get("device_type") or device
+    if requested != device:
+        raise problems.InvalidRequest(f"Request device '{requested}' does not match server device '{device}'.")
+    if body.get("dataset_loader") == "Custom":
+        missing = [f for f in ("file_type", "template") if not body.get(f)]
+        if missing:
+            raise problems.InvalidRequest(f"dataset_loader 'Custom' requires {' and '.join(missing)}.")
+    params = {**body, "device_type": requested, "model": pool.name}
+    return create_job(JobType.TRAINING, pool.name, params, params, request_hash("training", params), 201,
+                      LOCATION, org_id=org)
+
+
+async def list_fine_tuning_jobs(limit: int = 20, after: str | None = None) -> Response:
+    jobs, has_more, last_id = page(JobType.TRAINING, current_org(), limit, after)
+    return json_response({"object": "list", "jobs": jobs, "has_more": has_more, "last_id": last_id})
+
+
+async def get_fine_tuning_job(job_id: str) -> Response:
+    return json_response(get_or_404(job_id, JobType.TRAINING, current_org()).to_public())
+
+
+async def get_fine_tuning_metrics(job_id: str) -> Response:
+    job = get_or_404(job_id, JobType.TRAINING, current_org())
+    return json_response(current().jobs.store.records(job.id, "metric"))
+
+
+async def get_fine_tuning_logs(job_id: str) -> Response:
+    job = get_or_404(job_id, JobType.TRAINING, current_org())
+    return json_response(current().jobs.store.records(job.id, "log"))
+
+
+async def list_fine_tuning_checkpoints(job_id: str) -> Response:
+    job = get_or_404(job_id, JobType.TRAINING, current_org())
+    return json_response({"checkpoints": current().jobs.store.checkpoints(job.id)})
+
+
+async def download_fine_tuning_checkpoint(job_id: str, checkpoint_id: str) -> Response:
+    jobs = current().jobs
+    job = get_or_404(job_id, JobType.TRAINING, current_org())
+    known = any(c["id"] == checkpoint_id for c in jobs.store.checkpoints(job.id))
+    kind = jobs.kinds[JobType.TRAINING]
+    assert isinstance(kind, TrainingKind)
+    path = kind.checkpoint_file(job, checkpoint_id)
+    if not known or not path.is_file():
+        raise problems.NotFound(f"Checkpoint {checkpoint_id} of job {job_id} not found or no longer available.")
+    return file_response(path, "application/zip", f"adapter_{checkpoint_id}.zip", ranges=False)
+
+
+async def cancel_fine_tuning_job(job_id: str) -> Response:
+    job = get_or_404(job_id, JobType.TRAINING, current_org())
+    return json_response(current().jobs.cancel(job).to_public())

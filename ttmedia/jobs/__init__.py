@@ -1,0 +1,1 @@
+"""Long-running jobs (video generation, fine-tuning): durable store, state machine, runner."""
