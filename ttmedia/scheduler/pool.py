@@ -216,7 +216,7 @@ class ModelPool:
         worker.load += 1
         if self.observer is not None:
             self.observer.dispatched(self.name, [now - t.enqueued_at for t in tickets])
-        worker.send(message)  # a dead pipe is noticed by the reader, which re-dispatches
+        worker.send_soon(message)  # a dead pipe is noticed by the reader, which re-dispatches
 
     def _finish(self, worker: WorkerHandle, ticket_id: str) -> Ticket | None:
         ticket = worker.inflight.pop(ticket_id, None)
@@ -310,7 +310,7 @@ class ModelPool:
             pass
         worker = ticket.worker
         if worker is not None and ticket.id in worker.inflight and ticket.stream:
-            worker.send((p.CANCEL, ticket.id))
+            worker.send_soon((p.CANCEL, ticket.id))  # after any queued STREAM for it
             self._finish(worker, ticket.id)
         self._settle()
 

@@ -17,6 +17,9 @@ worker → scheduler:
     (CHUNK, request_id, chunk)
     (END, request_id, final)                        last message of a stream
     (HEARTBEAT, monotonic_time)
+
+either way:
+    (BATCH, [message, ...])                         several messages in one pipe write
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from ttmedia.runners.faults import Fault
 RUN, STREAM, CANCEL, STOP = "run", "stream", "cancel", "stop"
 HELLO, READY, INIT_FAILED = "hello", "ready", "init_failed"
 RESULT, ERROR, CHUNK, END, HEARTBEAT = "result", "error", "chunk", "end", "heartbeat"
+BATCH = "batch"
 
 ERROR_REQUEST, ERROR_INTERNAL = "request", "internal"
 

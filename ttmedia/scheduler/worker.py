@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import multiprocessing
+import queue
 import threading
 import time
 from collections.abc import Callable
@@ -62,6 +63,8 @@ class WorkerHandle:
         self.expected_warmup_s = spec.context.timing.warmup_s + SPAWN_OVERHEAD_S
         self.incarnation = 0
         self.expect_exit = False  # set when we stop or reset it on purpose
+        self._outbox: list[tuple[Any, ...]] = []
+        self._writes: queue.SimpleQueue[Any] = queue.SimpleQueue()
 
     @property
     def worker_id(self) -> str:
@@ -117,6 +120,10 @@ class WorkerHandle:
             target=self._read, args=(parent_conn, process, self.incarnation), daemon=True,
             name=f"worker-reader-{self.worker_id}",
         ).start()
+        self._writes.put(None)  # retire the previous incarnation's writer
+        self._writes = queue.SimpleQueue()
+        threading.Thread(target=self._write, args=(parent_conn, self._writes), daemon=True,
+                         name=f"worker-writer-{self.worker_id}").start()
 
     def _read(self, conn: Connection, process: multiprocessing.process.BaseProcess, incarnation: int) -> None:
         deliver = self.loop.call_soon_threadsafe
@@ -142,22 +149,43 @@ class WorkerHandle:
     def _on_messages(self, incarnation: int, messages: list[tuple[Any, ...]]) -> None:
         if incarnation == self.incarnation:
             for message in messages:
-                self._on_message(self, message)
+                if message[0] == p.BATCH:
+                    for inner in message[1]:
+                        self._on_message(self, inner)
+                else:
+                    self._on_message(self, message)
 
     def _exited(self, incarnation: int, exitcode: int | None) -> None:
         if incarnation == self.incarnation:
             self.conn = None
             self._on_exit(self, exitcode)
 
+    def send_soon(self, message: tuple[Any, ...]) -> None:
+        """Queue work for the worker; one pipe write per loop iteration carries all of it."""
+        self._outbox.append(message)
+        if len(self._outbox) == 1:
+            self.loop.call_soon(self._flush)
+
+    def _flush(self) -> None:
+        box, self._outbox = self._outbox, []
+        if box:
+            self.send(box[0] if len(box) == 1 else (p.BATCH, box))
+
     def send(self, message: tuple[Any, ...]) -> bool:
-        conn = self.conn
-        if conn is None:
+        """Hand a message to the writer thread. The event loop never writes to the pipe itself:
+        a stopped or wedged worker stops draining its pipe, and a large payload would then
+        block the whole server."""
+        if self.conn is None:
             return False
-        try:
-            conn.send(message)
-            return True
-        except (OSError, ValueError):
-            return False  # the reader thread will report the exit
+        self._writes.put(message)
+        return True
+
+    def _write(self, conn: Connection, writes: queue.SimpleQueue[Any]) -> None:
+        while (message := writes.get()) is not None:
+            try:
+                conn.send(message)
+            except (OSError, ValueError):
+                return  # the reader thread reports the exit
 
     def stop(self) -> None:
         """Ask the worker to finish its in-flight work and exit."""

@@ -33,11 +33,22 @@ class Worker:
         self.faults = FaultPlan(list(spec.faults), seed=f"{spec.context.model}/{spec.context.worker_id}/{spec.incarnation}")
         self.runner: Runner | None = None
         self.stopping = asyncio.Event()
-        self._send_lock = threading.Lock()
+        self._outbox: list[tuple[Any, ...]] = []
 
     def send(self, message: tuple[Any, ...]) -> None:
-        with self._send_lock:
-            self.conn.send(message)
+        """Queue a message; everything queued in one loop iteration leaves as one pipe write.
+
+        With many streams in flight, tokens of different streams become due together: one
+        pickled batch costs far less than a write (and a wake-up of the scheduler) per token.
+        """
+        self._outbox.append(message)
+        if len(self._outbox) == 1:
+            self.loop.call_soon(self.flush)
+
+    def flush(self) -> None:
+        box, self._outbox = self._outbox, []
+        if box:
+            self.conn.send(box[0] if len(box) == 1 else (p.BATCH, box))
 
     # --- reading requests -----------------------------------------------------------------------
 
@@ -58,7 +69,10 @@ class Worker:
 
     def _dispatch(self, message: tuple[Any, ...]) -> None:
         kind = message[0]
-        if kind == p.RUN:
+        if kind == p.BATCH:
+            for inner in message[1]:
+                self._dispatch(inner)
+        elif kind == p.RUN:
             _, batch_id, items = message
             self._start(batch_id, self._run_batch(items))
         elif kind == p.STREAM:
@@ -171,6 +185,7 @@ class Worker:
                 return 0
         except Exception as exc:
             self.send((p.INIT_FAILED, f"{type(exc).__name__}: {exc}"))
+            self.flush()
             return 3
         self.send((p.READY, time.monotonic() - started))
         await self.stopping.wait()
