@@ -9,6 +9,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -73,7 +74,7 @@ class Server:
 def ttmedia_server(env: dict[str, str], wait: str = "ready", timeout: float = 120.0) -> Iterator[Server]:
     """`ttmedia serve` with the given settings; wait for "port", "ready" (/health 200) or "up" (any answer)."""
     port = free_port()
-    full_env = {**os.environ, "LOG_LEVEL": "warning", **env}
+    full_env = {**os.environ, "LOG_LEVEL": "warning", "DATA_DIR": tempfile.mkdtemp(prefix="ttmedia-bench-"), **env}
     cmd = pinned([sys.executable, "-m", "ttmedia", "serve", "--port", str(port), "--log-level", "warning"], SERVER_CORE)
     launched = time.monotonic()
     proc = subprocess.Popen(cmd, env=full_env, start_new_session=True,

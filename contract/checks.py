@@ -18,6 +18,7 @@ it narrows generated data only and never drops a failure or a check (see its doc
 from __future__ import annotations
 
 import json
+import os
 from typing import Any
 
 import schemathesis
@@ -142,6 +143,10 @@ def retry_after_on_429(ctx: Any, response: Any, case: Any) -> bool | None:
 #   * llm: token-id prompts and /v1/detokenize ids must be ids of the model's vocabulary;
 #   * llm: streaming completions take one prompt and n = 1 (upstream: 501 for batched streams);
 #   * embedding: `dimensions` at most the model's size (1024 for bge-m3).
+#   * video: an image-to-video-only model refuses text-to-video, a text-to-video model images;
+#   * training: `device_type` must be the server's DEVICE, and dataset_loader Custom needs
+#     file_type and template (upstream rules; an anyOf would say so only as "not valid under
+#     any of the given schemas", where the server's 422 names the missing fields).
 # `positive_data_acceptance` would report those 422s as "schema-valid request rejected". This
 # filter skips only *positive* cases that break such a rule; negative cases, every check and
 # every operation stay in. The rules themselves are tested in tests/ (e.g. test_http_basics.py).
@@ -171,6 +176,13 @@ def _breaks_model_rule(family: str, path: str, body: dict[str, Any]) -> bool:
     if family == "image":
         steps = body.get("num_inference_steps")
         return isinstance(steps, int) and not isinstance(steps, bool) and 1 <= steps < IMAGE_MIN_STEPS
+    if family == "training":
+        custom_incomplete = body.get("dataset_loader") == "Custom" and not (body.get("file_type")
+                                                                            and body.get("template"))
+        return custom_incomplete or body.get("device_type") not in (None, os.environ.get("DEVICE") or "n150")
+    if family == "video":
+        info = CATALOG.get(str(body.get("model") or ""))
+        return info is not None and not info.options.get("i2v" if "/i2v" in path else "t2v", True)
     if family != "llm":
         return False
     if path.endswith("/chat/completions"):

@@ -8,6 +8,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -36,7 +37,9 @@ def wait_until(predicate: Any, timeout: float = 30.0, interval: float = 0.05) ->
 @contextlib.contextmanager
 def app_client(ready: bool = True, **overrides: Any) -> Iterator[Any]:
     """A Connexion test client with real worker processes; waits for /health 200 if `ready`."""
-    app = create_app(Settings(**{**FAST, "models": BASIC_MODELS, **overrides}))
+    # A fresh DATA_DIR per app: the jobs store locks its directory (one server per DATA_DIR).
+    data_dir = tempfile.mkdtemp(prefix="ttmedia-data-")
+    app = create_app(Settings(**{**FAST, "models": BASIC_MODELS, "data_dir": data_dir, **overrides}))
     with app.test_client() as client:
         if ready:
             assert wait_until(lambda: client.get("/health").status_code == 200), "server never became ready"
@@ -75,6 +78,7 @@ def live_server(env: dict[str, str] | None = None, wait_ready: bool = True, time
     """uvicorn on 127.0.0.1 and a random free port, in its own process group."""
     port = free_port()
     full_env = {**os.environ, "SIM_SPEED": "0", "SIM_WARMUP_SECONDS": "0", "LOG_LEVEL": "warning",
+                "DATA_DIR": tempfile.mkdtemp(prefix="ttmedia-data-"),
                 "MODELS": BASIC_MODELS, **(env or {})}
     proc = subprocess.Popen(
         [sys.executable, "-m", "uvicorn", "ttmedia.app:create_app", "--factory",

@@ -11,7 +11,6 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-
 from helpers import app_client, wait_until
 
 TRAINER = "Llama-3.2-3B-Instruct"

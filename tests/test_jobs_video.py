@@ -10,9 +10,9 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from helpers import app_client, wait_until
 from PIL import Image
 
-from helpers import app_client, wait_until
 from ttmedia.media.video import probe_mp4
 
 T2V, I2V = "Wan2.2-T2V-A14B-Diffusers", "Wan2.2-I2V-A14B-Diffusers"
@@ -128,7 +128,10 @@ def test_cancel_in_every_state(client: Any) -> None:
     assert client.get(f"/v1/videos/generations/{unknown}").status_code == 404
     assert client.get(f"/v1/videos/generations/{unknown}/download").status_code == 404
     assert client.get("/v1/videos/generations/..%2f..%2fjobs.db").status_code in (404, 422)
-    assert client.get("/v1/videos/generations/not-a-uuid").status_code == 422
+    assert client.get("/v1/videos/generations/not-a-uuid").status_code == 404
+    assert client.get(f"/v1/videos/generations/{unknown}/cancel").status_code == 405
+    wrong = client.get("/v1/videos/generations/i2v")
+    assert wrong.status_code == 405 and wrong.headers["allow"] == "POST"
 
 
 def test_i2v_only_model_rejects_text_to_video(client: Any) -> None:

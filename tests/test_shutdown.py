@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 
 import httpx
@@ -26,7 +27,8 @@ def test_sigterm_drains_in_flight_requests_and_leaves_no_children():
     port = free_port()
     # Each image takes ~1.3 s of simulated device time: requests are in flight when SIGTERM lands.
     env = {**os.environ, "MODELS": BASIC_MODELS, "SIM_WARMUP_SECONDS": "0", "SIM_SPEED": "0.5",
-           "DRAIN_GRACE_SECONDS": "20", "LOG_LEVEL": "warning"}
+           "DRAIN_GRACE_SECONDS": "20", "LOG_LEVEL": "warning",
+           "DATA_DIR": tempfile.mkdtemp(prefix="ttmedia-data-")}
     proc = subprocess.Popen([sys.executable, "-m", "ttmedia", "serve", "--port", str(port)], env=env,
                             start_new_session=True)
     server = LiveServer(proc, f"http://127.0.0.1:{port}")

@@ -216,8 +216,10 @@ def create_app(settings: Settings | None = None) -> AsyncApp:
         app.add_middleware(
             CORSMiddleware, position=MiddlewarePosition.BEFORE_EXCEPTION,
             allow_origins=[o.strip() for o in settings.cors_allow_origins.split(",") if o.strip()],
-            allow_methods=["GET", "POST"], allow_headers=["Authorization", "Content-Type", "X-Request-ID"],
-            expose_headers=["X-Request-ID", "Retry-After"],
+            allow_methods=["GET", "POST"],
+            allow_headers=["Authorization", "Content-Type", "X-Request-ID", settings.org_id_header,
+                           "Idempotency-Key", "Range"],
+            expose_headers=["X-Request-ID", "Retry-After", "Location", "Content-Range", "Content-Disposition"],
         )
     _install_error_handlers(app, spec)
     app.runtime = runtime  # type: ignore[attr-defined]  # for tests and the CLI

@@ -20,6 +20,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ttmedia import problems
 from ttmedia.context import RequestNote, current_note
+from ttmedia.disconnect import CLIENT_CLOSED, run_until_disconnect
 from ttmedia.metrics import Metrics
 
 log = logging.getLogger("ttmedia.request")
@@ -69,7 +70,8 @@ class RequestMiddleware:
                 for message in _problem_response(too_large, request_id):
                     await send_with_id(message)
                 return
-            await self.app(scope, self._capped(receive), send_with_id)
+            if not await run_until_disconnect(self.app, scope, self._capped(receive), send_with_id):
+                status = CLIENT_CLOSED
         finally:
             current_note.reset(token)
             self._record(scope, info, status, time.perf_counter() - started)

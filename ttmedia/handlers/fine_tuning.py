@@ -6,6 +6,7 @@ organisation does not exist for the caller (404, never 403, so ids do not leak).
 
 from __future__ import annotations
 
+from functools import lru_cache
 from typing import Any
 
 from starlette.responses import Response
@@ -60,9 +61,19 @@ async def create_fine_tuning_job(body: dict[str, Any]) -> Response:
         missing = [f for f in ("file_type", "template") if not body.get(f)]
         if missing:
             raise problems.InvalidRequest(f"dataset_loader 'Custom' requires {' and '.join(missing)}.")
-    params = {**body, "device_type": requested, "model": pool.name}
+    # Only the declared fields: upstream ignores unknown ones, and echoing them would store
+    # whatever a client sends (values JSON allows but the store cannot hold, like 2**80).
+    params = {k: v for k, v in body.items() if k in _request_fields()}
+    params.update(device_type=requested, model=pool.name)
     return create_job(JobType.TRAINING, pool.name, params, params, request_hash("training", params), 201,
                       LOCATION, org_id=org)
+
+
+@lru_cache(maxsize=1)
+def _request_fields() -> frozenset[str]:
+    from ttmedia.app import load_spec
+
+    return frozenset(load_spec()["components"]["schemas"]["TrainingRequest"]["properties"])
 
 
 async def list_fine_tuning_jobs(limit: int = 20, after: str | None = None) -> Response:

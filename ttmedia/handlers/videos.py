@@ -14,7 +14,7 @@ from ttmedia.handlers._jobs import create_job, file_response, get_or_404, page, 
 from ttmedia.handlers._uploads import decode_image, upload_bytes
 from ttmedia.http import json_response
 from ttmedia.jobs.kinds import VIDEO_FILE, job_dir
-from ttmedia.jobs.models import JobStatus, JobType, describe_blob
+from ttmedia.jobs.models import JobStatus, JobType, describe_blob, valid_job_id
 from ttmedia.runtime import current
 from ttmedia.scheduler.pool import ModelPool
 
@@ -111,6 +111,12 @@ def _base64_image(text: str, field: str) -> bytes:
 # --- the job resource -----------------------------------------------------------------------------
 
 async def get_video_generation(job_id: str) -> Response:
+    if job_id == "i2v":
+        # GET /v1/videos/generations/i2v routes here ({job_id} matches); it is a wrong method on
+        # the i2v path, and 405 must never be confused with anything else (DESIGN.md).
+        raise problems.MethodNotAllowed("GET is not allowed here; allowed: POST.", ["POST"])
+    if not valid_job_id(job_id):
+        raise problems.NotFound(f"Video job {job_id} not found.")
     return json_response(get_or_404(job_id, JobType.VIDEO).to_public())
 
 

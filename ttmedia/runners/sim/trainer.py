@@ -78,10 +78,9 @@ class SimTrainerRunner(Runner):
             if val_freq and step % val_freq == 0:
                 yield {"kind": "metric", "global_step": step, "epoch": epoch, "metric_name": "val_loss",
                        "value": round(loss * 1.05, 6)}
-            if (save_interval and step % save_interval == 0) or step == total:
-                if step != last_saved:
-                    yield await self._checkpoint(request, step, epoch, loss)
-                    last_saved = step
+            if ((save_interval and step % save_interval == 0) or step == total) and step != last_saved:
+                yield await self._checkpoint(request, step, epoch, loss)
+                last_saved = step
             progress = 100 * step // total
             if progress != last_progress:
                 last_progress = progress

@@ -1,0 +1,66 @@
+"""Stop work for a client that has gone away.
+
+Starlette notices a disconnect only while it streams a response. A client that gives up on a
+slow image generation would otherwise leave its request queued, and later run, on a device.
+Here the request runs as a task; once its body has been read, a watcher waits for the
+`http.disconnect` message and cancels the task if no response has started. The cancellation
+reaches the scheduler, which drops a queued request and tells a worker to stop a stream.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+#: The status recorded (never sent) for a request whose client disconnected first (nginx's code).
+CLIENT_CLOSED = 499
+
+
+async def run_until_disconnect(app: ASGIApp, scope: Scope, receive: Receive, send: Send) -> bool:
+    """Run the app; return False if the client disconnected before a response started."""
+    body_done = asyncio.Event()
+    disconnected = asyncio.Event()
+    response_started = False
+
+    async def guarded_receive() -> Message:
+        if body_done.is_set():
+            # The watcher owns the real channel now; hand the disconnect on to whoever asks.
+            await disconnected.wait()
+            return {"type": "http.disconnect"}
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            disconnected.set()
+        elif not message.get("more_body", False):
+            body_done.set()
+        return message
+
+    async def tracking_send(message: Message) -> None:
+        nonlocal response_started
+        if message["type"] == "http.response.start":
+            response_started = True
+        await send(message)
+
+    task = asyncio.ensure_future(app(scope, guarded_receive, tracking_send))
+
+    async def watch() -> None:
+        await body_done.wait()
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            disconnected.set()
+            if not response_started:
+                task.cancel()
+
+    watcher = asyncio.ensure_future(watch())
+    try:
+        await task
+        return True
+    except asyncio.CancelledError:
+        if disconnected.is_set() and not response_started:
+            return False
+        raise
+    finally:
+        watcher.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await watcher
