@@ -28,6 +28,10 @@ STREAM = {"prompt": "Benchmark prompt", "max_tokens": 64, "stream": True}
 STREAM_ENV = {"MODELS": "Qwen3-8B", "SIM_SPEED": "0.04", "SIM_WARMUP_SECONDS": "0"}
 # bge-m3 costs 0.014 s per one-input request on an n150: ×3.5714 makes it 50 ms, one at a time.
 SCALING_SPEED = str(0.05 / 0.014)
+# Scenario 7: bge-m3 at its n150 cost (0.01 s + 0.004 s per item, one call at a time per worker).
+BATCH_SIZES = (1, 2, 4, 8)
+BATCH_DELAY_MS = "2"
+BATCH_CONCURRENCY = 16
 
 
 @dataclass
@@ -149,6 +153,24 @@ class Bench:
                 assert not port_open(s.port)
         self.rows.append(Row("6 SIGTERM", f"exit s after {requests} requests (grace 10 s)", max(exits), "≤ 10"))
 
+    def batching(self) -> None:
+        """Throughput of one embedding worker by MAX_BATCH_SIZE: a batch of B one-input requests
+        costs 0.01 + 0.004·B s, so the ideal is B / (0.01 + 0.004·B) req/s."""
+        for size in BATCH_SIZES:
+            runs = []
+            for _ in range(self.repeats):
+                env = {"MODELS": "bge-m3@(0)", "SIM_SPEED": "1", "SIM_WARMUP_SECONDS": "0",
+                       "MAX_BATCH_SIZE": str(size), "MAX_BATCH_DELAY_MS": BATCH_DELAY_MS}
+                with ttmedia_server(env) as s:
+                    runs.append(L.load(s.url + "/v1/embeddings", {"input": "batching"}, BATCH_CONCURRENCY,
+                                       self.seconds))
+            ideal = size / (0.01 + 0.004 * size)
+            self.rows.append(Row("7 batching bge-m3", f"MAX_BATCH_SIZE={size}, c={BATCH_CONCURRENCY} req/s",
+                                 median_of([r.rps for r in runs]), f"ideal {ideal:.0f}"))
+            errors = sum(r.non_2xx for r in runs)
+            if errors:
+                self.rows.append(Row("7 batching bge-m3", f"MAX_BATCH_SIZE={size} non-2xx answers", errors, "0"))
+
     def print_table(self) -> None:
         tool = "wrk" if L.have_wrk() else "asyncio client (install wrk for comparable numbers)"
         print(f"\nload: {tool}; pinning: {'server core 0, load core 1' if pinning_available() else 'none'}; "
@@ -161,6 +183,7 @@ class Bench:
 
 SCENARIOS: dict[int, Callable[[Bench], None]] = {
     1: Bench.completions, 2: Bench.warming, 3: Bench.scaling, 4: Bench.streaming, 5: Bench.startup, 6: Bench.sigterm,
+    7: Bench.batching,
 }
 
 

@@ -222,3 +222,74 @@ def filter_case(ctx: Any, case: Any) -> bool:
         return not _breaks_model_rule(family, operation.path, case.body)
     except Exception:  # noqa: BLE001 - when unsure, send the case and let the checks judge
         return True
+
+
+# --- real media in positive cases -------------------------------------------------------------
+# A schema can say "base64 string" or "binary", not "a decodable PNG" or "a WAV file": random
+# bytes there are rightly refused (422 undecodable image, 415 unsupported audio). Positive cases
+# get small real files in those fields instead, so the fuzzer reaches the model behind them;
+# negative cases keep whatever the fuzzer made.
+
+def _sample_png() -> bytes:
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (16, 16), (200, 120, 40)).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def _sample_wav() -> bytes:
+    import io
+    import math
+    import struct
+    import wave
+
+    buffer = io.BytesIO()
+    with wave.open(buffer, "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(16000)
+        w.writeframes(b"".join(struct.pack("<h", int(8000 * math.sin(i / 8))) for i in range(8000)))
+    return buffer.getvalue()
+
+
+_PNG = _sample_png()
+_WAV = _sample_wav()
+#: operation path → body fields that must hold real media: (kind, encoding)
+_MEDIA_FIELDS: dict[str, dict[str, str]] = {
+    "/v1/images/image-to-image": {"image": "png"},
+    "/v1/images/edits": {"image": "png", "mask": "png"},
+    "/v1/cnn/search-image": {"prompt": "png", "file": "png"},
+    "/v1/audio/transcriptions": {"file": "wav"},
+    "/v1/audio/translations": {"file": "wav"},
+    "/v1/videos/generations/i2v/upload": {"image": "png"},
+}
+
+
+def _media(kind: str, as_text: bool) -> str | bytes:
+    import base64
+
+    data = _PNG if kind == "png" else _WAV
+    return base64.b64encode(data).decode("ascii") if as_text else data
+
+
+@schemathesis.hook
+def map_case(ctx: Any, case: Any) -> Any:
+    """Put real media into the media fields of positive cases (see above)."""
+    meta = getattr(case, "meta", None)
+    operation = ctx.operation
+    if operation is None or meta is None or meta.generation.mode != GenerationMode.POSITIVE:
+        return case
+    if not isinstance(case.body, dict):
+        return case
+    multipart = (getattr(case, "media_type", "") or "").startswith("multipart/")
+    for field, kind in _MEDIA_FIELDS.get(operation.path, {}).items():
+        if field in case.body:
+            case.body[field] = _media(kind, as_text=not multipart)
+    if operation.path == "/v1/videos/generations/i2v" and isinstance(case.body.get("image_prompts"), list):
+        for item in case.body["image_prompts"]:
+            if isinstance(item, dict) and "image" in item:
+                item["image"] = _media("png", as_text=True)
+    return case

@@ -5,6 +5,11 @@
   warming  every model warms up "forever": every media operation must answer 503 with
            Retry-After; after the fuzz run, each media operation is also called once with a
            valid example body and must answer 503 + Retry-After.
+  faults   every model ready, but workers crash and hang at random (FAULT_MIX, a 2 s request
+           timeout, fast restarts): the ready-mode phases must pass with 503 (worker_lost /
+           no_workers + Retry-After) and 504 (timeout) as the only server-side answers.
+           Injected runner *errors* are left out on purpose: a runner error is a genuine
+           failure and a 500 by design.
 
 The runner starts uvicorn on a free 127.0.0.1 port in its own process group, waits for it
 (bounded), runs `st run` with contract/schemathesis.toml and contract/checks.py under a hard
@@ -49,6 +54,16 @@ HOOKS = "contract.checks"
 PHASES = {
     "ready": "examples,coverage,fuzzing,stateful",
     "warming": "examples,coverage,fuzzing",
+    "faults": "examples,coverage,fuzzing,stateful",
+}
+#: faults mode: workers crash or wedge on a few requests (SIM_FAULTS grammar, README).
+FAULT_MIX = "crash_rate=0.01,hang_rate=0.005"
+FAULT_ENV = {
+    "SIM_FAULTS": FAULT_MIX,
+    "REQUEST_PROCESSING_TIMEOUT_SECONDS": "2",  # a hang costs 2 s, then 504 and a new worker
+    "WORKER_RESTART_BACKOFF_SECONDS": "0.1",
+    "WORKER_RESTART_BACKOFF_MAX_SECONDS": "0.5",
+    "MAX_WORKER_RESTART_COUNT": "100000",  # keep restarting: a failed model would only answer 503
 }
 NOT_READY_REASONS = {"warming_up", "no_workers", "init_failed", "draining", "worker_lost"}
 EXIT_SERVER = 3
@@ -78,6 +93,8 @@ def server_env(mode: str, api_key: str) -> dict[str, str]:
         env["SIM_WARMUP_SECONDS"] = "100000"
     else:
         env.update({"SIM_SPEED": "0", "SIM_WARMUP_SECONDS": "0"})
+    if mode == "faults":
+        env.update(FAULT_ENV)
     return env
 
 
@@ -377,7 +394,9 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
     parser.add_argument("--mode", required=True, choices=sorted(PHASES),
                         help="ready: models ready, phases examples,coverage,fuzzing,stateful; "
                              "warming: models warm up for ever, phases examples,coverage,fuzzing, "
-                             "then every media operation must answer 503 + Retry-After")
+                             "then every media operation must answer 503 + Retry-After; "
+                             "faults: ready-mode phases while workers crash and hang at random "
+                             "(only 503/504 allowed as server-side answers)")
     parser.add_argument("--max-examples", type=int, default=None, metavar="N",
                         help="test cases per operation (default: generation.max-examples in the config)")
     parser.add_argument("--seed", type=int, default=None, metavar="S",

@@ -73,15 +73,6 @@ def retry_after(response: httpx.Response) -> int:
     return int(value)
 
 
-def metric_value(server: LiveServer, name: str, **labels: str) -> float:
-    text = httpx.get(server.url + "/metrics", timeout=10).text
-    want = ",".join(f'{k}="{v}"' for k, v in labels.items())
-    for line in text.splitlines():
-        if line.startswith(f"{name}{{{want}}} ") or (not labels and line.startswith(name + " ")):
-            return float(line.rsplit(" ", 1)[1])
-    return 0.0
-
-
 # --- 1. SIGKILL of a worker under concurrent load ---------------------------------------------------
 
 KILL_ENV = {
@@ -190,7 +181,7 @@ def test_hang_answers_504_within_the_timeout_and_replaces_the_worker(capsys: Any
     env = {"MODELS": f"{LLM}@(0)", "SIM_FAULTS": "hang_after=1",
            "REQUEST_PROCESSING_TIMEOUT_SECONDS": str(timeout), "WORKER_RESTART_BACKOFF_SECONDS": "0.1"}
     body = {"prompt": "hang on", "max_tokens": 4}
-    with live_server(env) as server, server.client(timeout=CLIENT_TIMEOUT) as client:
+    with live_server(env) as server, server.client() as client:
         old = worker_pids(server, LLM)["0"]
         assert client.post("/v1/completions", json=body).status_code == 200  # request 1: fine
         started = time.monotonic()
@@ -305,7 +296,7 @@ def test_stream_flood_is_refused_before_any_200(capsys: Any) -> None:
 def test_runner_errors_are_500_for_that_request_only_and_the_worker_keeps_serving(capsys: Any) -> None:
     env = {"MODELS": f"{LLM}@(0);{IMAGE}@(1)", "SIM_FAULTS": f"{LLM}:error_rate=0.5"}
     body = {"prompt": "coin flip", "max_tokens": 4}
-    with live_server(env) as server, server.client(timeout=CLIENT_TIMEOUT) as client:
+    with live_server(env) as server, server.client() as client:
         pid = worker_pids(server, LLM)["0"]
         statuses: Counter[int] = Counter()
         for i in range(40):

@@ -12,33 +12,18 @@ import json
 import re
 import typing as t
 
-import jsonschema
+import jsonschema_rs
 import orjson
 from connexion.datastructures import MediaTypeDict
 from connexion.exceptions import NonConformingResponseBody
-from connexion.json_schema import Draft4RequestValidator, format_error_with_path
 from connexion.validators import FormDataValidator, MultiPartFormDataValidator, TextResponseBodyValidator
 from connexion.validators.json import JSONRequestBodyValidator, JSONResponseBodyValidator
-from jsonschema import Draft4Validator, ValidationError
 from starlette.types import Scope
 
 from ttmedia.problems import InvalidRequest, MalformedBody
+from ttmedia.schema_compile import compile_validator, error_text, fill_defaults
 
 
-def _with_defaults(validator_class: t.Any) -> t.Any:
-    validate_properties = validator_class.VALIDATORS["properties"]
-
-    def set_defaults(validator: t.Any, properties: dict, instance: t.Any, schema: dict) -> t.Any:
-        if isinstance(instance, dict):
-            for name, subschema in properties.items():
-                if isinstance(subschema, dict) and "default" in subschema:
-                    instance.setdefault(name, subschema["default"])
-        yield from validate_properties(validator, properties, instance, schema)
-
-    return jsonschema.validators.extend(validator_class, {"properties": set_defaults})
-
-
-_DefaultsValidator = _with_defaults(Draft4RequestValidator)
 #: An integer literal orjson may not hold exactly (it turns integers beyond 64 bits into floats).
 _LONG_DIGITS = re.compile(rb"\d{19}")
 _compiled: dict[int, t.Any] = {}
@@ -50,11 +35,13 @@ class JSONBodyValidator(JSONRequestBodyValidator):
     @property
     def _validator(self) -> t.Any:
         # One compiled validator per schema, not one per request.
+        # The schema dicts are the spec's own and live as long as the app; the entry keeps a
+        # reference anyway, so an id can never be reused for another schema.
         key = id(self._schema)
-        validator = _compiled.get(key)
-        if validator is None:
-            validator = _compiled[key] = _DefaultsValidator(self._schema, format_checker=Draft4Validator.FORMAT_CHECKER)
-        return validator
+        entry = _compiled.get(key)
+        if entry is None:
+            entry = _compiled[key] = (self._schema, compile_validator(self._schema))
+        return entry[1]
 
     async def _parse(self, stream: t.AsyncGenerator[bytes, None], scope: Scope) -> t.Any:
         raw = b"".join([chunk async for chunk in stream])
@@ -77,8 +64,9 @@ class JSONBodyValidator(JSONRequestBodyValidator):
             raise InvalidRequest("A JSON request body is required.")
         try:
             self._validator.validate(body)
-        except ValidationError as exc:
-            raise InvalidRequest(f"{exc.message}{format_error_with_path(exception=exc)}") from None
+        except jsonschema_rs.ValidationError as exc:
+            raise InvalidRequest(error_text(exc)) from None
+        fill_defaults(self._schema, body)
         return body
 
 
