@@ -30,7 +30,8 @@ def test_warming_model_answers_503_with_retry_after_and_wrong_method_is_405():
     with app_client(ready=False, sim_warmup_seconds=600) as c:
         r = c.post("/v1/images/generations", json=IMAGE_BODY)
         body = assert_problem(r, 503, "warming_up")
-        assert int(r.headers["retry-after"]) >= 1 and body["model"] == "stable-diffusion-xl-base-1.0"
+        # The honest estimate is ~600 s; it is capped so clients look again within a minute.
+        assert 1 <= int(r.headers["retry-after"]) <= 60 and body["model"] == "stable-diffusion-xl-base-1.0"
         # The gate runs before the body is read: a broken body is still "not ready".
         r = c.post("/v1/completions", content=b"{not json", headers={"content-type": "application/json"})
         assert_problem(r, 503, "warming_up")

@@ -36,6 +36,8 @@ class Settings(BaseSettings):
     worker_restart_backoff_max_seconds: float = Field(default=30.0, ge=0)
     worker_heartbeat_seconds: float = Field(default=1.0, gt=0)
     worker_heartbeat_timeout_seconds: float = Field(default=15.0, gt=0)
+    retry_after_max_seconds: float = Field(default=60.0, ge=1,
+                                           description="Cap of every Retry-After estimate.")
     drain_grace_seconds: float = Field(default=30.0, ge=0)
     reset_device_command: str = Field(default="", description="Run between stop and restart on a reset.")
 

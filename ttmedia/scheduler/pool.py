@@ -75,7 +75,9 @@ class ModelPool:
         now = time.monotonic()
         views = [w.view(now) for w in self.workers]
         state = derive_state(views, self.draining)
-        return retry_after(views, state, self.drain_deadline - now)
+        # Capped: an estimate far out (a 30-minute warmup) should still have clients look again
+        # soon, and HTTP clients such as the OpenAI SDK ignore Retry-After beyond a minute or two.
+        return min(retry_after(views, state, self.drain_deadline - now), self.settings.retry_after_max_seconds)
 
     def not_ready(self, reason: str | None = None) -> problems.NotReady:
         state = self.state()
@@ -103,7 +105,7 @@ class ModelPool:
             wait = len(self.pending) * self.service_time_s / ready
             raise problems.QueueFull(
                 f"The queue of {self.name} is full ({self.settings.max_queue_size} requests waiting).",
-                retry_after=wait,
+                retry_after=min(wait, self.settings.retry_after_max_seconds),
             )
         ticket = Ticket(payload, stream)
         if stream:
