@@ -57,7 +57,7 @@ PHASES = {
     "faults": "examples,coverage,fuzzing,stateful",
 }
 #: faults mode: workers crash or wedge on a few requests (SIM_FAULTS grammar, README).
-FAULT_MIX = "crash_rate=0.01,hang_rate=0.005"
+FAULT_MIX = "crash_rate=0.02,hang_rate=0.005"
 FAULT_ENV = {
     "SIM_FAULTS": FAULT_MIX,
     "REQUEST_PROCESSING_TIMEOUT_SECONDS": "2",  # a hang costs 2 s, then 504 and a new worker

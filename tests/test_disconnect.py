@@ -59,8 +59,8 @@ def _raw_post(url: str, path: str, body: dict[str, Any]) -> socket.socket:
 # --- (a) a queued request whose client left is never run ---------------------------------------------
 
 def test_queued_request_of_a_disconnected_client_is_never_dispatched(capsys: Any) -> None:
-    # One worker, ~1.4 s per image: the first request holds the device, the second waits in the queue.
-    env = {"MODELS": f"{IMAGE}@(0)", "SIM_SPEED": "1"}
+    # One worker, ~2.8 s per image: the first request holds the device, the second waits in the queue.
+    env = {"MODELS": f"{IMAGE}@(0)", "SIM_SPEED": "2"}
     body = {"prompt": "patience", "num_inference_steps": 12, "size": "512x512"}
     dispatched = "ttmedia_queue_wait_seconds_count"
     with live_server(env) as server:
@@ -80,7 +80,7 @@ def test_queued_request_of_a_disconnected_client_is_never_dispatched(capsys: Any
         time.sleep(0.5)  # had it stayed queued, the free worker would have taken it by now
         assert _metric(server.url, dispatched, model=IMAGE) == 1, "the abandoned request was dispatched"
         # Recorded as nginx's 499 "client closed request" (never sent: nobody is listening).
-        assert _metric(server.url, "ttmedia_http_requests_total", method="POST", status="499") == 1
+        assert _metric(server.url, "ttmedia_http_requests_total", operation="create_image", status="499") == 1
         # The model still serves, and the next request is the second dispatch.
         assert httpx.post(server.url + "/v1/images/generations", json=body, timeout=30).status_code == 200
         assert _metric(server.url, dispatched, model=IMAGE) == 2

@@ -163,6 +163,8 @@ def test_sigkill_under_load_two_workers_loses_nothing(kill_server: LiveServer, c
     with capsys.disabled():
         print(f"\n[sigkill {LLM}@(0),(1)] {dict(totals)}")
     assert totals["rounds"] == ROUNDS_PER_MODEL and totals["200"] > 0
+    # With a second ready worker, every request the dead one held is re-dispatched: no 503 at all.
+    assert totals["503 worker_lost"] == totals["503 no_workers"] == 0, totals
 
 
 def test_sigkill_under_load_one_worker_answers_503_then_recovers(kill_server: LiveServer, capsys: Any) -> None:
@@ -318,3 +320,75 @@ def test_runner_errors_are_500_for_that_request_only_and_the_worker_keeps_servin
         assert liveness(server, IMAGE)["worker_info"]["1"]["restart_count"] == 0
     with capsys.disabled():
         print(f"\n[error_rate=0.5] {dict(statuses)}; same pid {pid}")
+
+
+# --- 5. SIGTERM under load, after a worker was replaced: no process of the server survives ------------
+
+def _group_members(pgid: int) -> list[tuple[int, str, str]]:
+    """Live (non-zombie) processes of a process group, from the process table (/proc)."""
+    members = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        comm = stat[stat.index("(") + 1:stat.rindex(")")]
+        state, _ppid, pgrp = stat[stat.rindex(")") + 2:].split()[:3]
+        if int(pgrp) == pgid and state != "Z":
+            members.append((int(entry), comm, state))
+    return members
+
+
+def test_sigterm_under_load_after_a_restart_leaves_no_process_behind(capsys: Any) -> None:
+    env = {"MODELS": f"{LLM}@(0),(1);{IMAGE}@(2)", "SIM_SPEED": "0.5", "DRAIN_GRACE_SECONDS": "15",
+           "WORKER_RESTART_BACKOFF_SECONDS": "0.1"}
+    image = {"prompt": "last light", "num_inference_steps": 12, "size": "512x512"}  # ~0.7 s each
+    stream = {"prompt": "last words", "max_tokens": 60, "stream": True}  # ~0.8 s each
+    results: list[tuple[str, int, str]] = []
+
+    def post(kind: str, path: str, body: dict[str, Any]) -> None:
+        try:
+            with httpx.Client(base_url=server.url, timeout=CLIENT_TIMEOUT) as client, \
+                    client.stream("POST", path, json=body) as r:
+                results.append((kind, r.status_code, "".join(r.iter_text())))
+        except httpx.HTTPError as exc:
+            results.append((kind, -1, repr(exc)))
+
+    with live_server(env) as server:
+        pgid = server.proc.pid  # start_new_session: the server leads its own group
+        # A worker that was killed and replaced: its successor must not outlive the server either.
+        old = worker_pids(server, LLM)["0"]
+        assert old
+        os.kill(old, signal.SIGKILL)
+        assert wait_until(lambda: worker_pids(server, LLM)["0"] not in (None, old) and model_ready(server, LLM), 30)
+        members_before = _group_members(pgid)
+        assert len(members_before) >= 4, members_before  # uvicorn + 3 workers (+ multiprocessing helpers)
+        threads = [threading.Thread(target=post, args=("image", "/v1/images/generations", image), daemon=True)
+                   for _ in range(2)]
+        threads += [threading.Thread(target=post, args=("stream", "/v1/completions", stream), daemon=True)
+                    for _ in range(4)]
+        for t in threads:
+            t.start()
+        assert wait_until(lambda: sum(w["in_flight"] for m in ("Qwen3-8B", IMAGE)
+                                      for w in liveness(server, m)["worker_info"].values()) >= 3, 15)
+        started = time.monotonic()
+        code = server.stop(signal.SIGTERM, timeout=30)
+        exit_s = time.monotonic() - started
+        for t in threads:
+            t.join(CLIENT_TIMEOUT + 5)
+        assert code in (0, -signal.SIGTERM), code
+        assert wait_until(lambda: not _group_members(pgid), 10), f"left behind: {_group_members(pgid)}"
+    assert len(results) == len(threads), "a client hung"
+    for kind, status, text in results:
+        # In flight when SIGTERM landed: finished (streams to [DONE]), or refused as draining.
+        assert status in (200, 503), (kind, status, text[:300])
+        if status == 200 and kind == "stream":
+            assert text.rstrip().endswith("data: [DONE]") and '"error"' not in text, text[-300:]
+        if status == 503:
+            assert '"draining"' in text, text
+    with capsys.disabled():
+        print(f"\n[sigterm] exit after {exit_s:.2f} s; answers {Counter((k, s) for k, s, _ in results)}; "
+              f"group had {len(members_before)} processes, none left")

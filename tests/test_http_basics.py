@@ -160,3 +160,12 @@ def test_cli_refuses_open_bind_without_key():
     r = subprocess.run([sys.executable, "-m", "ttmedia", "serve", "--host", "0.0.0.0", "--port", "1"],
                        env=env, capture_output=True, text=True, timeout=60)
     assert r.returncode != 0 and "API_KEY" in r.stderr
+
+
+def test_concrete_paths_match_before_templated_ones():
+    with app_client() as c:
+        r = c.get("/v1/videos/generations/i2v")
+        assert_problem(r, 405, "method_not_allowed")
+        assert r.headers["allow"] == "POST"
+        # The templated route itself still works: an unknown job id is a 404, not a 405.
+        assert c.get("/v1/videos/generations/0123456789abcdef0123456789abcdef").status_code == 404

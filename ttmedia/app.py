@@ -30,6 +30,7 @@ from starlette.middleware.cors import CORSMiddleware
 
 from ttmedia import fastpath, problems
 from ttmedia.context import note
+from ttmedia.routing import ConcretePathsFirst
 from ttmedia.requestlog import RequestMiddleware, configure_logging
 from ttmedia.gate import ReadinessGate, families_by_operation
 from ttmedia.jobs.org import OrganizationCheck, org_scoped_operations
@@ -202,6 +203,7 @@ def create_app(settings: Settings | None = None) -> AsyncApp:
         OrganizationCheck, position=MiddlewarePosition.BEFORE_VALIDATION,
         settings=settings, operations=org_scoped_operations(spec),
     )
+    app.add_middleware(ConcretePathsFirst, position=MiddlewarePosition.BEFORE_ROUTING, spec=spec)
     app.add_middleware(
         ReadinessGate, position=MiddlewarePosition.BEFORE_VALIDATION,
         runtime=runtime, families=families_by_operation(spec),

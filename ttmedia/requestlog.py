@@ -52,6 +52,10 @@ class RequestMiddleware:
         request_id = supplied if supplied and _SAFE_ID.match(supplied) else uuid.uuid4().hex
         info = RequestNote(request_id)
         token = current_note.set(info)
+        # Connexion's routing records the operation in scope["extensions"] of a *shallow copy* of
+        # the scope: without the dict already here (uvicorn sends none), that record never reaches
+        # _record() and every request is counted as "unmatched".
+        scope.setdefault("extensions", {})
         status = 500
 
         async def send_with_id(message: Message) -> None:

@@ -30,10 +30,16 @@ def _speaker(body: dict[str, Any]) -> tuple[str | None, str | None]:
     return None, None
 
 
+#: Unicode's White_Space characters: what the spec's `pattern: '\\S'` excludes. Python's
+#: str.strip() would also strip the control separators U+001C..U+001F, which are not blank.
+UNICODE_WHITE_SPACE = "\t\n\x0b\x0c\r \x85\xa0\u1680" + "".join(chr(c) for c in range(0x2000, 0x200B)) + \
+    "\u2028\u2029\u202f\u205f\u3000"
+
+
 async def create_speech(body: dict[str, Any]) -> Response:
     pool = current().scheduler.pool("tts", body.get("model"))
     text = body.get("text") if body.get("text") is not None else body.get("input")
-    if not isinstance(text, str) or not text.strip():
+    if not isinstance(text, str) or not text.strip(UNICODE_WHITE_SPACE):
         raise problems.InvalidRequest("'text' (or 'input') must contain something to say.")
     if len(text) > MAX_CHARS:
         raise problems.InvalidRequest(f"'text' has {len(text)} characters; the limit is {MAX_CHARS}.")
