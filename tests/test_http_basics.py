@@ -168,4 +168,4 @@ def test_concrete_paths_match_before_templated_ones():
         assert_problem(r, 405, "method_not_allowed")
         assert r.headers["allow"] == "POST"
         # The templated route itself still works: an unknown job id is a 404, not a 405.
-        assert c.get("/v1/videos/generations/0123456789abcdef0123456789abcdef").status_code == 404
+        assert c.get("/v1/videos/generations/3f2b8c1e-4d5a-4b6c-8d7e-9f0a1b2c3d4e").status_code == 404
