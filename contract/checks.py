@@ -144,6 +144,7 @@ def retry_after_on_429(ctx: Any, response: Any, case: Any) -> bool | None:
 #   * llm: streaming completions take one prompt and n = 1 (upstream: 501 for batched streams);
 #   * embedding: `dimensions` at most the model's size (1024 for bge-m3).
 #   * video: an image-to-video-only model refuses text-to-video, a text-to-video model images;
+#     image_prompts' frame_pos values must be unique;
 #   * training: `device_type` must be the server's DEVICE, and dataset_loader Custom needs
 #     file_type and template (upstream rules; an anyOf would say so only as "not valid under
 #     any of the given schemas", where the server's 422 names the missing fields).
@@ -181,6 +182,11 @@ def _breaks_model_rule(family: str, path: str, body: dict[str, Any]) -> bool:
                                                                             and body.get("template"))
         return custom_incomplete or body.get("device_type") not in (None, os.environ.get("DEVICE") or "n150")
     if family == "video":
+        prompts = body.get("image_prompts")
+        if isinstance(prompts, list):
+            positions = [p.get("frame_pos", 0) for p in prompts if isinstance(p, dict)]
+            if len(positions) != len(set(positions)):
+                return True  # upstream rule: frame_pos values are unique
         info = CATALOG.get(str(body.get("model") or ""))
         return info is not None and not info.options.get("i2v" if "/i2v" in path else "t2v", True)
     if family != "llm":

@@ -57,6 +57,9 @@ PHASES = {
     "faults": "examples,coverage,fuzzing,stateful",
 }
 #: faults mode: workers crash or wedge on a few requests (SIM_FAULTS grammar, README).
+#: One model of every family (the default server's six, text- and image-to-video models, a trainer).
+CONTRACT_MODELS = ("stable-diffusion-xl-base-1.0;Qwen3-8B;bge-m3;resnet-50;whisper-large-v3;speecht5_tts;"
+                   "Wan2.2-T2V-A14B-Diffusers;Wan2.2-I2V-A14B-Diffusers;Llama-3.2-3B-Instruct")
 FAULT_MIX = "crash_rate=0.02,hang_rate=0.005"
 FAULT_ENV = {
     "SIM_FAULTS": FAULT_MIX,
@@ -89,6 +92,8 @@ def server_env(mode: str, api_key: str) -> dict[str, str]:
     env.update({"API_KEY": api_key, "VALIDATE_RESPONSES": "1", "PYTHONUNBUFFERED": "1"})
     # Jobs the fuzzer creates go to a scratch DATA_DIR, not ./data (which one server locks).
     env.setdefault("DATA_DIR", tempfile.mkdtemp(prefix="ttmedia-contract-data-"))
+    # Every family, so every operation (job creation and its link chains included) is reached.
+    env.setdefault("MODELS", CONTRACT_MODELS)
     if mode == "warming":
         env["SIM_WARMUP_SECONDS"] = "100000"
     else:
