@@ -169,3 +169,18 @@ def test_concrete_paths_match_before_templated_ones():
         assert r.headers["allow"] == "POST"
         # The templated route itself still works: an unknown job id is a 404, not a 405.
         assert c.get("/v1/videos/generations/3f2b8c1e-4d5a-4b6c-8d7e-9f0a1b2c3d4e").status_code == 404
+
+
+def test_early_503_keeps_the_order_of_checks():
+    """While warming, auth and method errors still come first, exactly as on the full path."""
+    with app_client(ready=False, sim_warmup_seconds=600, api_key="k") as c:
+        body = {"prompt": "x"}
+        assert_problem(c.post("/v1/completions", json=body), 401, "unauthorized")
+        assert_problem(c.post("/v1/completions", json=body, headers={"Authorization": "Bearer bad"}),
+                       401, "unauthorized")
+        assert_problem(c.get("/v1/completions", headers={"Authorization": "Bearer k"}), 405, "method_not_allowed")
+        r = c.post("/v1/completions", json=body, headers={"Authorization": "Bearer k", "X-Request-ID": "w-1"})
+        assert_problem(r, 503, "warming_up")
+        assert r.headers["x-request-id"] == "w-1" and int(r.headers["retry-after"]) >= 1
+        metrics = c.get("/metrics").text
+        assert 'operation="create_completion",status="503"' in metrics

@@ -32,7 +32,7 @@ from ttmedia import fastpath, problems
 from ttmedia.context import note
 from ttmedia.routing import ConcretePathsFirst
 from ttmedia.requestlog import RequestMiddleware, configure_logging
-from ttmedia.gate import ReadinessGate, families_by_operation
+from ttmedia.gate import EarlyGate, ReadinessGate, families_by_operation
 from ttmedia.jobs.org import OrganizationCheck, org_scoped_operations
 from ttmedia.runtime import Runtime
 from ttmedia.served_spec import ServeSpecFile
@@ -54,7 +54,9 @@ def spec_path() -> Path:
 
 @lru_cache(maxsize=1)
 def load_spec() -> dict[str, Any]:
-    return yaml.safe_load(spec_path().read_text(encoding="utf-8"))
+    # The C loader parses the spec in a fraction of the pure-Python loader's time (port opens sooner).
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+    return yaml.load(spec_path().read_text(encoding="utf-8"), Loader=loader)  # noqa: S506 - a safe loader
 
 
 class TagResolver(Resolver):
@@ -213,6 +215,7 @@ def create_app(settings: Settings | None = None) -> AsyncApp:
     app.add_middleware(
         RequestMiddleware, position=MiddlewarePosition.BEFORE_EXCEPTION,
         metrics=runtime.metrics, max_body_bytes=settings.max_request_body_bytes,
+        early_gate=EarlyGate(spec, runtime),
     )
     if settings.cors_allow_origins:
         app.add_middleware(

@@ -31,17 +31,18 @@ _SAFE_ID = re.compile(r"^[A-Za-z0-9._:/+=-]{1,128}$")
 
 def _problem_response(problem: problems.Problem, request_id: str) -> list[Message]:
     body = problem.render()
-    headers = [(b"content-type", problems.PROBLEM_JSON.encode()), (b"content-length", str(len(body)).encode()),
-               (REQUEST_ID_HEADER.encode(), request_id.encode())]
+    headers = [(b"content-type", problems.PROBLEM_JSON.encode()), (b"content-length", str(len(body)).encode())]
+    headers += [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in problem.headers.items()]
     return [{"type": "http.response.start", "status": problem.status, "headers": headers},
             {"type": "http.response.body", "body": body}]
 
 
 class RequestMiddleware:
-    def __init__(self, app: ASGIApp, metrics: Metrics, max_body_bytes: int) -> None:
+    def __init__(self, app: ASGIApp, metrics: Metrics, max_body_bytes: int, early_gate: Any = None) -> None:
         self.app = app
         self.metrics = metrics
         self.max_body_bytes = max_body_bytes
+        self.early_gate = early_gate  # gate.EarlyGate: 503s without the full stack
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -72,6 +73,12 @@ class RequestMiddleware:
                 too_large = problems.PayloadTooLarge(f"The request body exceeds {self.max_body_bytes} bytes.")
                 info.reason = too_large.reason
                 for message in _problem_response(too_large, request_id):
+                    await send_with_id(message)
+                return
+            not_ready = self.early_gate.check(scope) if self.early_gate is not None else None
+            if not_ready is not None:
+                info.reason = not_ready.reason
+                for message in _problem_response(not_ready, request_id):
                     await send_with_id(message)
                 return
             if not await run_until_disconnect(self.app, scope, self._capped(receive), send_with_id):

@@ -21,7 +21,7 @@ from ttmedia.scheduler.devices import DeviceGroup, ServedModel, format_group, se
 from ttmedia.scheduler.pool import ModelPool
 from ttmedia.scheduler.protocol import WorkerSpec
 from ttmedia.scheduler.readiness import ModelState, WorkerState
-from ttmedia.scheduler.worker import WorkerHandle
+from ttmedia.scheduler.worker import WorkerHandle, start_forkserver
 from ttmedia.settings import Settings
 
 log = logging.getLogger("ttmedia.scheduler")
@@ -37,6 +37,7 @@ class Scheduler:
         self.started_at = time.monotonic()
         self.last_watch = time.monotonic()  # the watchdog's last tick: /livez checks it
         self.observer: Any = None  # ttmedia.metrics.Metrics, when attached
+        start_forkserver()  # overlaps the rest of the server's start-up
 
     # --- lifecycle ------------------------------------------------------------------------------
 

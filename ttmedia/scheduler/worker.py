@@ -25,7 +25,23 @@ from ttmedia.scheduler.readiness import WorkerState, WorkerView
 if TYPE_CHECKING:
     from ttmedia.scheduler.pool import Ticket
 
-_SPAWN = multiprocessing.get_context("spawn")
+# Workers are forked from a forkserver: a clean single-threaded process that has imported the
+# worker and runner modules once, so starting eight workers costs eight forks, not eight Python
+# start-ups with their imports (bench scenario 5). The forkserver itself is started in the
+# background as soon as the scheduler exists.
+_SPAWN = multiprocessing.get_context("forkserver")
+_PRELOAD = ["ttmedia.scheduler.worker_main", "numpy", "PIL.Image", "ttmedia.runners.sim.llm",
+            "ttmedia.runners.sim.image", "ttmedia.runners.sim.embedding", "ttmedia.runners.sim.cnn",
+            "ttmedia.runners.sim.whisper", "ttmedia.runners.sim.tts", "ttmedia.runners.sim.video",
+            "ttmedia.runners.sim.trainer", "ttmedia.media.images", "ttmedia.media.audio"]
+
+
+def start_forkserver() -> None:
+    """Start the forkserver now (idempotent), in a thread so start-up is not held up."""
+    from multiprocessing import forkserver
+
+    forkserver.set_forkserver_preload(_PRELOAD)  # before any start, whichever thread wins
+    threading.Thread(target=forkserver.ensure_running, name="forkserver-start", daemon=True).start()
 
 #: Seconds a freshly spawned interpreter needs before the runner starts warming (imports).
 SPAWN_OVERHEAD_S = 1.0
