@@ -128,7 +128,7 @@ def test_cancel_in_every_state(client: Any) -> None:
     assert client.get(f"/v1/videos/generations/{unknown}").status_code == 404
     assert client.get(f"/v1/videos/generations/{unknown}/download").status_code == 404
     assert client.get("/v1/videos/generations/..%2f..%2fjobs.db").status_code in (404, 422)
-    assert client.get("/v1/videos/generations/not-a-uuid").status_code == 404
+    assert client.get("/v1/videos/generations/not-a-uuid").status_code == 422  # ids are validated, as on every job route
     assert client.get(f"/v1/videos/generations/{unknown}/cancel").status_code == 405
     wrong = client.get("/v1/videos/generations/i2v")
     assert wrong.status_code == 405 and wrong.headers["allow"] == "POST"
