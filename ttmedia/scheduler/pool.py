@@ -151,11 +151,17 @@ class ModelPool:
         finished = False
         try:
             while True:
-                try:
-                    chunk = await asyncio.wait_for(ticket.chunks.get(), timeout)
-                except TimeoutError:
-                    self._timed_out(ticket)
-                    raise problems.Timeout(f"{self.name} stopped producing output for {timeout:g} s.") from None
+                if not ticket.chunks.empty():
+                    chunk = ticket.chunks.get_nowait()  # already here: no timer, no wake-up
+                else:
+                    try:
+                        # asyncio.timeout arms one timer; wait_for would create a task per chunk.
+                        async with asyncio.timeout(timeout):
+                            chunk = await ticket.chunks.get()
+                    except TimeoutError:
+                        self._timed_out(ticket)
+                        raise problems.Timeout(
+                            f"{self.name} stopped producing output for {timeout:g} s.") from None
                 if chunk is _STREAM_FAILED:
                     finished = True
                     assert ticket.error is not None
