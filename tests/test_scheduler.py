@@ -188,3 +188,24 @@ def test_batching_groups_queued_requests_up_to_the_batch_size():
         # The delay lets the first request wait for the other seven: two full batches at most.
         assert sum(sizes) == 8 and max(sizes) == 4 and len(sizes) <= 3
     run(body, models="stable-diffusion-xl-base-1.0@(0)", max_batch_size=4, max_batch_delay_ms=50)
+
+
+def test_a_request_that_times_out_after_waiting_in_the_queue_does_not_kill_a_healthy_worker():
+    image = {"prompt": "x", "num_inference_steps": 20, "size": 32}
+
+    async def body(s: Scheduler) -> None:
+        pool = s.pool("image")
+        await until(lambda: pool.state() is ModelState.READY)
+        worker = pool.workers[0]
+        pid = worker.pid
+        # Each image takes ~0.9 s; the deadline (1.2 s) counts queue time. The second request is
+        # dispatched at ~0.9 s and times out at 1.2 s while the device is working normally.
+        first = asyncio.ensure_future(pool.submit(image))
+        await asyncio.sleep(0.05)
+        with pytest.raises(problems.Timeout):
+            await pool.submit(image)
+        assert (await first)["image"][:2] == b"\xff\xd8"
+        await asyncio.sleep(1.0)  # the late request finishes on the device; its answer is dropped
+        assert worker.pid == pid and worker.restart_count == 0 and pool.state() is ModelState.READY
+        assert not worker.inflight
+    run(body, models="stable-diffusion-xl-base-1.0@(0)", sim_speed=0.4, request_processing_timeout_seconds=1.2)

@@ -43,6 +43,7 @@ class Ticket:
     started: bool = False  # a stream has produced output: it cannot be replayed
     enqueued_at: float = field(default_factory=time.monotonic)
     dispatched_at: float = 0.0
+    progress_at: float = 0.0  # last sign of life from the device: dispatch, or a stream's chunk
 
 
 class ModelPool:
@@ -219,7 +220,7 @@ class ModelPool:
     def _send(self, worker: WorkerHandle, tickets: list[Ticket], message: tuple[Any, ...]) -> None:
         now = time.monotonic()
         for t in tickets:
-            t.worker, t.dispatched_at = worker, now
+            t.worker, t.dispatched_at, t.progress_at = worker, now, now
             worker.inflight[t.id] = t
         worker.load += 1
         if self.observer is not None:
@@ -271,6 +272,7 @@ class ModelPool:
         ticket = worker.inflight.get(ticket_id)
         if ticket and ticket.chunks is not None:
             ticket.started = True
+            ticket.progress_at = time.monotonic()
             ticket.chunks.put_nowait(chunk)
 
     def on_end(self, worker: WorkerHandle, ticket_id: str, final: dict[str, Any]) -> None:
@@ -287,6 +289,8 @@ class ModelPool:
         worker.load = 0
         has_ready = any(w.state is WorkerState.READY for w in self.workers if w is not worker)
         for ticket in reversed(orphans):  # reversed + appendleft keeps their order
+            if ticket.future is not None and ticket.future.done():
+                continue  # already answered (timed out, or its client left): nothing to redo
             if has_ready and ticket.attempts == 0 and not ticket.started and not self.draining:
                 ticket.attempts += 1
                 ticket.worker = None
@@ -310,6 +314,16 @@ class ModelPool:
             ticket.error = exc
             ticket.chunks.put_nowait(_STREAM_FAILED)
 
+    def wedged_tickets(self, worker: WorkerHandle, now: float) -> list[Ticket]:
+        # 10 ms of slack: a request dispatched at admission reaches its deadline a hair early.
+        limit = self.settings.request_processing_timeout_seconds - 0.01
+        return [t for t in worker.inflight.values() if now - t.progress_at >= limit]
+
+    def replace_wedged(self, worker: WorkerHandle) -> None:
+        limit = self.settings.request_processing_timeout_seconds
+        worker.last_error = f"the device showed no progress on a request for {limit:g} s; replaced as wedged"
+        worker.kill()  # its other requests are re-dispatched or failed when the exit is seen
+
     def _abandon(self, ticket: Ticket) -> None:
         """The client went away: drop a waiting request, stop a running stream."""
         try:
@@ -323,12 +337,14 @@ class ModelPool:
         self._settle()
 
     def _timed_out(self, ticket: Ticket) -> None:
-        """No answer in time. A worker holding the request is wedged: replace it."""
+        """The client's deadline passed. The request stays with its worker if a worker has it:
+        the deadline counts queue time too, so a request dispatched late says nothing about the
+        device. Whether the device is wedged is judged by `wedged_tickets` (time since the
+        device last showed progress on a request), which the scheduler's watchdog checks."""
         worker = ticket.worker
         if worker is not None and ticket.id in worker.inflight:
-            worker.inflight.pop(ticket.id, None)
-            worker.last_error = f"request timed out after {self.settings.request_processing_timeout_seconds:g} s"
-            worker.kill()
+            if self.wedged_tickets(worker, time.monotonic()):
+                self.replace_wedged(worker)
         else:
             try:
                 self.pending.remove(ticket)

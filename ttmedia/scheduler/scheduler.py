@@ -196,6 +196,10 @@ class Scheduler:
                         w.last_error = f"no heartbeat for {now - w.last_heartbeat:.1f} s; killed as wedged"
                         log.error("worker %s of %s is wedged; killing it", w.worker_id, pool.name)
                         w.kill()
+                    elif w.alive and pool.wedged_tickets(w, now):
+                        log.error("worker %s of %s made no progress on a request; killing it",
+                                  w.worker_id, pool.name)
+                        pool.replace_wedged(w)
 
     # --- lookup ---------------------------------------------------------------------------------
 
