@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import gc
 import logging
-import re
 from collections.abc import AsyncIterator
 from functools import lru_cache
 from importlib import resources
@@ -31,7 +30,7 @@ from starlette.middleware.cors import CORSMiddleware
 
 from ttmedia import fastpath, problems
 from ttmedia.context import note
-from ttmedia.routing import ConcretePathsFirst
+from ttmedia.routing import AllowedMethods, ConcretePathsFirst
 from ttmedia.requestlog import RequestMiddleware, configure_logging
 from ttmedia.gate import EarlyGate, ReadinessGate, families_by_operation
 from ttmedia.jobs.org import OrganizationCheck, org_scoped_operations
@@ -81,28 +80,8 @@ def _render(problem: problems.Problem) -> ConnexionResponse:
     )
 
 
-class _AllowedMethods:
-    """Every method of each spec path, for a complete `Allow` on 405."""
-
-    def __init__(self, spec: dict[str, Any]) -> None:
-        self.paths: list[tuple[re.Pattern[str], list[str]]] = []
-        for path, item in spec.get("paths", {}).items():
-            methods = sorted(m.upper() for m in item if m in {"get", "put", "post", "delete", "patch"})
-            if "GET" in methods:
-                methods.append("HEAD")
-            pattern = re.escape(path)
-            pattern = re.sub(r"\\\{[^}]+\\\}", "[^/]+", pattern)
-            self.paths.append((re.compile(f"^{pattern}$"), methods))
-
-    def for_path(self, path: str) -> list[str]:
-        for pattern, methods in self.paths:
-            if pattern.match(path):
-                return methods
-        return []
-
-
 def _install_error_handlers(app: AsyncApp, spec: dict[str, Any]) -> None:
-    allowed = _AllowedMethods(spec)
+    allowed = AllowedMethods(spec)
 
     def on_problem(_req: ConnexionRequest, exc: problems.Problem) -> ConnexionResponse:
         if exc.status == 500:

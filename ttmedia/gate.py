@@ -13,6 +13,7 @@ from connexion.middleware.abstract import ROUTING_CONTEXT
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from ttmedia import problems
+from ttmedia.routing import operation_of
 from ttmedia.runtime import Runtime
 from ttmedia.security import key_accepted
 
@@ -35,8 +36,7 @@ class ReadinessGate:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
-            operation_id = scope.get("extensions", {}).get(ROUTING_CONTEXT, {}).get("operation_id") or ""
-            family = self.families.get(operation_id.rpartition(".")[2])
+            family = self.families.get(operation_of(scope))
             if family is not None:
                 self.runtime.scheduler.gate(family)
         await self.app(scope, receive, send)

@@ -15,11 +15,11 @@ import time
 import uuid
 from typing import Any
 
-from connexion.middleware.abstract import ROUTING_CONTEXT
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ttmedia import problems
 from ttmedia.context import RequestNote, current_note
+from ttmedia.routing import operation_of
 from ttmedia.disconnect import CLIENT_CLOSED, run_until_disconnect
 from ttmedia.metrics import Metrics
 
@@ -104,8 +104,7 @@ class RequestMiddleware:
         return capped
 
     def _record(self, scope: Scope, info: RequestNote, status: int, seconds: float) -> None:
-        operation = (scope.get("extensions", {}).get(ROUTING_CONTEXT, {}).get("operation_id") or "unmatched")
-        operation = operation.rpartition(".")[2]
+        operation = operation_of(scope) or "unmatched"
         method = scope.get("method", "")
         self.metrics.requests.labels(operation, method, str(status)).inc()
         self.metrics.latency.labels(operation).observe(seconds)

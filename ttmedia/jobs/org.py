@@ -14,10 +14,10 @@ from __future__ import annotations
 from typing import Any
 
 from connexion import request
-from connexion.middleware.abstract import ROUTING_CONTEXT
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from ttmedia import problems
+from ttmedia.routing import operation_of
 from ttmedia.settings import Settings
 
 #: The header name in openapi.yaml.
@@ -42,8 +42,7 @@ class OrganizationCheck:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
-            operation_id = scope.get("extensions", {}).get(ROUTING_CONTEXT, {}).get("operation_id") or ""
-            if operation_id.rpartition(".")[2] in self.operations:
+            if operation_of(scope) in self.operations:
                 scope = self._check(scope)
         await self.app(scope, receive, send)
 
