@@ -2,7 +2,8 @@
 
 (a) A queued non-streaming request whose client disconnects is dropped from the queue and never
     dispatched to a worker (seen from outside: /tt-liveness queue_size and the
-    `ttmedia_queue_wait_seconds_count` metric, which counts dispatches).
+    `ttmedia_queue_wait_seconds_count` metric, which counts calls started on a device). A call
+    sent ahead to a busy worker (short calls only) is dropped by the worker if its client leaves.
 (b) A streaming client that disconnects stops its generation on the worker: the server runs
     in-process (uvicorn on a thread, real sockets) so a spy on the pool can count the chunks the
     worker still sends after the client closed.
@@ -115,6 +116,45 @@ def inprocess_server(**overrides: Any) -> Iterator[tuple[Any, str]]:
         server.should_exit = True
         thread.join(30)
         assert not thread.is_alive(), "in-process server did not stop"
+
+
+# --- (a') a call sent ahead to a busy worker is dropped when its client leaves ---------------------------
+
+EMBEDDING = "bge-m3"
+
+
+def test_call_ahead_of_a_disconnected_client_is_dropped_by_the_worker() -> None:
+    # bge-m3 at ×60: 0.84 s per call, under a second, so a busy worker is sent its next call ahead.
+    with inprocess_server(models=f"{EMBEDDING}@(0)", sim_speed=60.0) as (app, url):
+        pool = app.runtime.scheduler.pools[EMBEDDING]
+        worker = pool.workers[0]
+        answered: list[str] = []  # request ids the worker sent results for
+        original = pool.on_result
+
+        def spy(w: Any, ticket_id: str, result: Any) -> None:
+            answered.append(ticket_id)
+            original(w, ticket_id, result)
+
+        pool.on_result = spy  # type: ignore[method-assign]
+        body = {"input": "ahead"}
+        assert httpx.post(url + "/v1/embeddings", json=body, timeout=30).status_code == 200  # learns the call time
+        holder = threading.Thread(target=lambda: httpx.post(url + "/v1/embeddings", json=body, timeout=30),
+                                  daemon=True)
+        holder.start()
+        assert wait_until(lambda: worker.load == 1, 10)
+        sock = _raw_post(url, "/v1/embeddings", {"input": "left early"})
+        assert wait_until(lambda: len(worker.calls_ahead) == 1, 5), "never sent ahead"
+        assert not pool.pending  # it waits in the worker, not in the scheduler's queue
+        liveness = httpx.get(url + "/tt-liveness", timeout=10).json()
+        assert liveness["models"][EMBEDDING]["worker_info"][worker.worker_id]["calls_ahead"] == 1
+        dropped = worker.calls_ahead[0][1][0].id
+        sock.close()
+        assert wait_until(lambda: not worker.calls_ahead, 5), "never dropped"
+        holder.join(30)
+        time.sleep(1.2)  # more than a call's device time: a result for it would be here by now
+        assert len(answered) == 2 and dropped not in answered, answered
+        assert not worker.inflight and worker.load == 0
+        assert httpx.post(url + "/v1/embeddings", json=body, timeout=30).status_code == 200
 
 
 @pytest.mark.parametrize("path,body", [

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import math
 import time
 from collections import deque
 from collections.abc import AsyncIterator
@@ -23,6 +24,9 @@ from ttmedia.scheduler.worker import WorkerHandle
 from ttmedia.settings import Settings
 
 _ids = itertools.count(1)
+
+#: Send a call ahead to a busy worker only while this model's calls take less device time.
+CALL_AHEAD_BELOW_S = 1.0
 
 #: Sentinel put on a stream's queue when the stream cannot go on.
 _STREAM_FAILED = object()
@@ -58,6 +62,7 @@ class ModelPool:
         self.draining = False
         self.drain_deadline = 0.0
         self.service_time_s = max(model.info.timing.base_s, 0.001)  # EWMA of per-request time
+        self.call_time_s: float | None = None  # EWMA of observed device time per call
         self.idle = asyncio.Event()
         self.idle.set()
         self._pump_timer = False
@@ -178,10 +183,14 @@ class ModelPool:
     # --- dispatch -------------------------------------------------------------------------------
 
     def pump(self) -> None:
-        """Hand waiting requests to ready workers with free capacity."""
+        """Hand waiting requests to ready workers with free capacity, then one call ahead to busy ones."""
         while self.pending:
             worker = min((w for w in self.workers if w.free), key=lambda w: w.load, default=None)
-            if worker is None or self._hold_for_batch():
+            if worker is None:
+                worker = self._worker_for_call_ahead()
+                if worker is None:
+                    return
+            elif self._hold_for_batch():
                 return
             first = self.pending.popleft()
             if first.stream:
@@ -194,6 +203,21 @@ class ModelPool:
             batch_id = f"b{next(_ids)}"
             worker.batches[batch_id] = {t.id for t in batch}
             self._send(worker, batch, (p.RUN, batch_id, [(t.id, t.payload) for t in batch]))
+
+    def _worker_for_call_ahead(self) -> WorkerHandle | None:
+        """A busy worker that may take the next call now, to start it when its running call ends.
+
+        Only for short calls: there a round trip through the scheduler is a real share of device
+        time, and a call committed to one worker while another frees up first waits little.
+        Only whole calls: a call sent ahead cannot grow, so a partial batch waits here, where
+        later requests can join it."""
+        if self.call_time_s is None or self.call_time_s >= CALL_AHEAD_BELOW_S:
+            return None
+        if not self.pending[0].stream and self.settings.max_batch_size > 1:
+            batchable = itertools.takewhile(lambda t: not t.stream, itertools.islice(self.pending, self.settings.max_batch_size))
+            if sum(1 for _ in batchable) < self.settings.max_batch_size:
+                return None
+        return min((w for w in self.workers if w.takes_call_ahead), key=lambda w: w.load, default=None)
 
     def _hold_for_batch(self) -> bool:
         """Wait up to MAX_BATCH_DELAY_MS for a partial batch to fill, then send what there is."""
@@ -218,14 +242,27 @@ class ModelPool:
         self.pump()
 
     def _send(self, worker: WorkerHandle, tickets: list[Ticket], message: tuple[Any, ...]) -> None:
+        ahead = not worker.free
+        for t in tickets:
+            t.worker = worker
+            worker.inflight[t.id] = t
+        if ahead:
+            # Not on the device yet: its clocks (service time, "no progress" in wedged_tickets,
+            # queue wait) start when a running call ends and the worker starts it.
+            for t in tickets:
+                t.dispatched_at = t.progress_at = math.inf
+            worker.calls_ahead.append((message[1], tickets))
+        else:
+            self._on_device(tickets)
+        worker.load += 1
+        worker.send_soon(message)  # a dead pipe is noticed by the reader, which re-dispatches
+
+    def _on_device(self, tickets: list[Ticket]) -> None:
         now = time.monotonic()
         for t in tickets:
-            t.worker, t.dispatched_at, t.progress_at = worker, now, now
-            worker.inflight[t.id] = t
-        worker.load += 1
+            t.dispatched_at = t.progress_at = now
         if self.observer is not None:
             self.observer.dispatched(self.name, [now - t.enqueued_at for t in tickets])
-        worker.send_soon(message)  # a dead pipe is noticed by the reader, which re-dispatches
 
     def _finish(self, worker: WorkerHandle, ticket_id: str) -> Ticket | None:
         ticket = worker.inflight.pop(ticket_id, None)
@@ -236,13 +273,44 @@ class ModelPool:
                 members.discard(ticket_id)
                 if not members:
                     del worker.batches[batch_id]
-                    worker.load -= 1
+                    self._call_ended(worker, ticket)
                 break
         else:  # a stream
-            worker.load -= 1
+            self._call_ended(worker, ticket)
         elapsed = time.monotonic() - ticket.dispatched_at
-        self.service_time_s = 0.8 * self.service_time_s + 0.2 * elapsed
+        if elapsed >= 0:  # not a call that ended while it waited ahead (a cancelled stream)
+            self.service_time_s = 0.8 * self.service_time_s + 0.2 * elapsed
         return ticket
+
+    def _call_ended(self, worker: WorkerHandle, last: Ticket) -> None:
+        worker.load -= 1
+        for call in worker.calls_ahead:
+            if last in call[1]:  # it never started: the worker drops it from its queue
+                worker.calls_ahead.remove(call)
+                return
+        elapsed = time.monotonic() - last.dispatched_at
+        self.call_time_s = elapsed if self.call_time_s is None else 0.8 * self.call_time_s + 0.2 * elapsed
+        # The worker starts its waiting calls as running ones end, in the order they were sent.
+        while worker.calls_ahead and worker.load - len(worker.calls_ahead) < worker.capacity:
+            self._on_device(worker.calls_ahead.popleft()[1])
+
+    def _drop_call_ahead(self, worker: WorkerHandle, leaving: Ticket) -> None:
+        """`leaving`'s client is gone (left, or timed out). If it waits ahead in the worker and
+        nobody else in its call still waits for an answer, the worker forgets the call."""
+        for call_id, tickets in worker.calls_ahead:
+            if leaving in tickets:
+                break
+        else:
+            return
+        if any(t is not leaving and t.future is not None and not t.future.done() for t in tickets):
+            return
+        worker.calls_ahead.remove((call_id, tickets))
+        worker.batches.pop(call_id, None)
+        for t in tickets:
+            worker.inflight.pop(t.id, None)
+            t.worker = None
+        worker.load -= 1
+        worker.send_soon((p.DROP, call_id))
 
     def _settle(self) -> None:
         if not self.pending and not any(w.inflight for w in self.workers):
@@ -286,6 +354,7 @@ class ModelPool:
         orphans = list(worker.inflight.values())
         worker.inflight.clear()
         worker.batches.clear()
+        worker.calls_ahead.clear()
         worker.load = 0
         has_ready = any(w.state is WorkerState.READY for w in self.workers if w is not worker)
         for ticket in reversed(orphans):  # reversed + appendleft keeps their order
@@ -331,9 +400,12 @@ class ModelPool:
         except ValueError:
             pass
         worker = ticket.worker
-        if worker is not None and ticket.id in worker.inflight and ticket.stream:
-            worker.send_soon((p.CANCEL, ticket.id))  # after any queued STREAM for it
-            self._finish(worker, ticket.id)
+        if worker is not None and ticket.id in worker.inflight:
+            if ticket.stream:
+                worker.send_soon((p.CANCEL, ticket.id))  # after any queued STREAM for it
+                self._finish(worker, ticket.id)
+            else:
+                self._drop_call_ahead(worker, ticket)
         self._settle()
 
     def _timed_out(self, ticket: Ticket) -> None:
@@ -345,6 +417,8 @@ class ModelPool:
         if worker is not None and ticket.id in worker.inflight:
             if self.wedged_tickets(worker, time.monotonic()):
                 self.replace_wedged(worker)
+            elif not ticket.stream:
+                self._drop_call_ahead(worker, ticket)
         else:
             try:
                 self.pending.remove(ticket)

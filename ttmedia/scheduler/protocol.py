@@ -2,10 +2,11 @@
 
 Messages are tuples whose first element is the kind, so pickling stays cheap on the hot path.
 
-scheduler → worker:
+scheduler → worker (a worker runs up to max_concurrency calls; further calls wait in order):
     (RUN, batch_id, [(request_id, payload), ...])   non-streaming batch
     (STREAM, request_id, payload)                   one streaming request
     (CANCEL, request_id)                            stop work for a request (client gone)
+    (DROP, batch_id)                                forget a batch that has not started (its clients left)
     (STOP,)                                         finish in-flight work, close, exit
 
 worker → scheduler:
@@ -30,7 +31,7 @@ from typing import Any
 from ttmedia.runners.base import RunnerContext
 from ttmedia.runners.faults import Fault
 
-RUN, STREAM, CANCEL, STOP = "run", "stream", "cancel", "stop"
+RUN, STREAM, CANCEL, DROP, STOP = "run", "stream", "cancel", "drop", "stop"
 HELLO, READY, INIT_FAILED = "hello", "ready", "init_failed"
 RESULT, ERROR, CHUNK, END, HEARTBEAT = "result", "error", "chunk", "end", "heartbeat"
 BATCH = "batch"

@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import os
+import selectors
 import signal
 import sys
 import threading
 import time
 import traceback
+from collections import deque
+from collections.abc import Callable, Coroutine
 from multiprocessing.connection import Connection
 from typing import Any
 
@@ -28,8 +31,17 @@ class Worker:
     def __init__(self, conn: Connection, spec: WorkerSpec) -> None:
         self.conn = conn
         self.spec = spec
-        self.loop = asyncio.new_event_loop()
+        # select() takes its timeout in microseconds; epoll (asyncio's default) rounds every
+        # timer up to the next whole millisecond, which made a simulated 1 ms token take up to
+        # 2 ms and a 50 ms device call 50.5 ms on average. A worker's loop watches a handful of
+        # file descriptors (its self-pipe, a runner's own), far below select()'s limit.
+        self.loop: asyncio.AbstractEventLoop = asyncio.SelectorEventLoop(selectors.SelectSelector())
         self.tasks: dict[str, asyncio.Task[None]] = {}
+        # Calls beyond the runner's max_concurrency wait here, in arrival order. The scheduler
+        # sends one call ahead of a busy worker, so the device starts its next call the moment
+        # the current one ends, without waiting a round trip through the scheduler.
+        self.on_device: set[str] = set()  # calls holding one of the runner's slots
+        self.waiting: deque[tuple[str, Callable[[], Coroutine[Any, Any, None]]]] = deque()
         self.faults = FaultPlan(list(spec.faults), seed=f"{spec.context.model}/{spec.context.worker_id}/{spec.incarnation}")
         self.runner: Runner | None = None
         self.stopping = asyncio.Event()
@@ -74,21 +86,56 @@ class Worker:
                 self._dispatch(inner)
         elif kind == p.RUN:
             _, batch_id, items = message
-            self._start(batch_id, self._run_batch(items))
+            self._start(batch_id, lambda: self._run_batch(batch_id, items))
         elif kind == p.STREAM:
             _, request_id, payload = message
-            self._start(request_id, self._run_stream(request_id, payload))
+            self._start(request_id, lambda: self._run_stream(request_id, payload))
         elif kind == p.CANCEL:
-            task = self.tasks.get(message[1])
-            if task:
-                task.cancel()
+            self._cancel(message[1])
+        elif kind == p.DROP:
+            self._drop_waiting(message[1])
         elif kind == p.STOP:
             self.stopping.set()
 
-    def _start(self, key: str, coro: Any) -> None:
-        task = self.loop.create_task(coro)
-        self.tasks[key] = task
-        task.add_done_callback(lambda _t: self.tasks.pop(key, None))
+    @property
+    def capacity(self) -> int:
+        return self.runner.max_concurrency if self.runner is not None else 1
+
+    def _start(self, key: str, call: Callable[[], Coroutine[Any, Any, None]]) -> None:
+        if len(self.on_device) < self.capacity:
+            self.on_device.add(key)
+            task = self.loop.create_task(call())
+            self.tasks[key] = task
+            task.add_done_callback(lambda _t: self._call_ended(key))
+        else:
+            self.waiting.append((key, call))
+
+    def _call_ended(self, key: str) -> None:
+        self.tasks.pop(key, None)
+        self._device_done(key)
+
+    def _device_done(self, key: str) -> None:
+        """`key`'s device work is over: start the next waiting call now, before its results are
+        sent. Sending wakes the scheduler, which on a busy core can hold the CPU for a while."""
+        if key in self.on_device:
+            self.on_device.discard(key)
+            if self.waiting:
+                self._start(*self.waiting.popleft())
+
+    def _cancel(self, key: str) -> None:
+        task = self.tasks.get(key)
+        if task:
+            task.cancel()
+        else:
+            self._drop_waiting(key)
+
+    def _drop_waiting(self, key: str) -> None:
+        """Forget a call that has not started. One that has keeps running: interrupting a
+        device call mid-way helps nobody, and the scheduler ignores its results."""
+        for entry in self.waiting:
+            if entry[0] == key:
+                self.waiting.remove(entry)
+                return
 
     # --- faults ---------------------------------------------------------------------------------
 
@@ -104,7 +151,7 @@ class Worker:
 
     # --- running work ---------------------------------------------------------------------------
 
-    async def _run_batch(self, items: list[tuple[str, dict[str, Any]]]) -> None:
+    async def _run_batch(self, batch_id: str, items: list[tuple[str, dict[str, Any]]]) -> None:
         assert self.runner is not None
         live = []
         for request_id, payload in items:
@@ -115,7 +162,10 @@ class Worker:
         if not live:
             return
         try:
-            results = await self.runner.run([payload for _, payload in live])
+            try:
+                results = await self.runner.run([payload for _, payload in live])
+            finally:
+                self._device_done(batch_id)
         except asyncio.CancelledError:
             return
         except RunnerRequestError as exc:
@@ -139,9 +189,11 @@ class Worker:
         try:
             async for chunk in self.runner.stream(payload):
                 if chunk.get("final"):
+                    self._device_done(request_id)
                     self.send((p.END, request_id, chunk))
                     return
                 self.send((p.CHUNK, request_id, chunk))
+            self._device_done(request_id)
             self.send((p.END, request_id, {}))
         except asyncio.CancelledError:
             return
@@ -189,7 +241,7 @@ class Worker:
             return 3
         self.send((p.READY, time.monotonic() - started))
         await self.stopping.wait()
-        if self.tasks:
+        while self.tasks:  # waiting calls start as running ones end
             await asyncio.wait(list(self.tasks.values()))
         heartbeat.cancel()
         await self.runner.close()
