@@ -2,13 +2,15 @@
 
 Text is drawn word by word from the tokenizer's vocabulary with a PRNG seeded from the prompt
 and seed, so the same request always yields the same completion. Prefill costs base_s, each
-token per_token_s; a batch decodes its requests together (continuous batching).
+token per_token_s; a batch decodes its requests together, and concurrent streams decode in
+lockstep on one step clock (continuous batching).
 """
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
+import math
 import random
 import time
 from collections.abc import AsyncIterator
@@ -57,6 +59,7 @@ class SimLLMRunner(Runner):
     def __init__(self, ctx: RunnerContext) -> None:
         super().__init__(ctx)
         self.max_concurrency = int(ctx.options.get("max_concurrency", 32))
+        self.clock_origin = time.monotonic()  # decode step n ends at clock_origin + n·per_token_s
 
     async def warmup(self) -> None:
         await device_time(self.ctx.timing.warmup_s)
@@ -82,11 +85,15 @@ class SimLLMRunner(Runner):
         pieces, stopped = apply_stop(pieces, request.get("stop") or [])
         t = self.ctx.timing
         await device_time(t.base_s)
-        # Paced on an absolute schedule so scheduling jitter does not accumulate.
-        start = time.monotonic()
+        # Continuous batching: the device runs one decode step every per_token_s for all the
+        # sequences in flight, so every stream's tokens fall on one shared clock (the steps
+        # since the runner started), not each on its own. Absolute step times also keep
+        # scheduling jitter from accumulating.
+        step = t.per_token_s
+        first = math.floor((time.monotonic() - self.clock_origin) / step) + 1 if step > 0 else 0
         for i, piece in enumerate(pieces):
-            if t.per_token_s > 0:
-                delay = start + (i + 1) * t.per_token_s - time.monotonic()
+            if step > 0:
+                delay = self.clock_origin + (first + i) * step - time.monotonic()
                 if delay > 0:
                     await asyncio.sleep(delay)
             yield {"text": piece, "index": i}
