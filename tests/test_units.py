@@ -97,3 +97,20 @@ def test_tokenizer_round_trips_any_text():
         assert tokenizer.decode(tokenizer.encode(text)) == text
     with pytest.raises(ValueError):
         tokenizer.decode([10**9])
+
+
+def test_the_spec_is_still_checked_at_start_up_by_the_compiled_validator() -> None:
+    import copy
+
+    from connexion.exceptions import InvalidSpecification
+    from connexion.spec import OpenAPISpecification, Specification
+
+    from ttmedia.app import compiled_spec_check, load_spec
+
+    with compiled_spec_check():
+        Specification.load(copy.deepcopy(load_spec()))  # the shipped spec passes
+        broken = copy.deepcopy(load_spec())
+        broken["paths"]["/health"]["get"]["responses"]["200"] = {"descripton": "typo"}
+        with pytest.raises(InvalidSpecification, match="paths//health/get/responses/200"):
+            Specification.load(broken)
+    assert "_validate_spec" not in OpenAPISpecification.__dict__  # Connexion's own check is back

@@ -5,16 +5,17 @@ from __future__ import annotations
 import contextlib
 import gc
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
-import yaml
+import jsonschema_rs
 from connexion import AsyncApp
 from connexion.exceptions import (
     BadRequestProblem,
+    InvalidSpecification,
     OAuthProblem,
     ProblemException,
     UnsupportedMediaTypeProblem,
@@ -24,6 +25,7 @@ from connexion.middleware import ConnexionMiddleware, MiddlewarePosition
 from connexion.middleware.security import SecurityMiddleware
 from connexion.options import SwaggerUIOptions
 from connexion.resolver import Resolver
+from connexion.spec import OpenAPISpecification
 from starlette.exceptions import HTTPException
 from starlette.formparsers import MultiPartException
 from starlette.middleware.cors import CORSMiddleware
@@ -35,7 +37,7 @@ from ttmedia.requestlog import RequestMiddleware, configure_logging
 from ttmedia.gate import EarlyGate, ReadinessGate, families_by_operation
 from ttmedia.jobs.org import OrganizationCheck, org_scoped_operations
 from ttmedia.runtime import Runtime
-from ttmedia.served_spec import ServeSpecFile
+from ttmedia.served_spec import ServeSpecFile, parse_spec
 from ttmedia.settings import Settings, load_settings
 from ttmedia.validation import VALIDATOR_MAP
 
@@ -54,9 +56,30 @@ def spec_path() -> Path:
 
 @lru_cache(maxsize=1)
 def load_spec() -> dict[str, Any]:
-    # The C loader parses the spec in a fraction of the pure-Python loader's time (port opens sooner).
-    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-    return yaml.load(spec_path().read_text(encoding="utf-8"), Loader=loader)  # noqa: S506 - a safe loader
+    return parse_spec(spec_path().read_text(encoding="utf-8"))
+
+
+@contextlib.contextmanager
+def compiled_spec_check() -> Iterator[None]:
+    """Connexion checks the spec against the OpenAPI 3.0 schema at every start with pure-Python
+    jsonschema (70 ms, a tenth of the time to open the port); the compiled validator makes the
+    same check in 4 ms. Connexion's private hook, so scoped to add_api and pinned with Connexion."""
+    def validate(cls: type, spec: dict[str, Any]) -> None:
+        errors = [f"{'/'.join(map(str, e.instance_path)) or '(root)'}: {e.message}"
+                  for e in _openapi_schema_validator().iter_errors(spec)]
+        if errors:
+            raise InvalidSpecification("openapi.yaml is not a valid OpenAPI 3.0 document: " + "; ".join(errors[:5]))
+
+    OpenAPISpecification._validate_spec = classmethod(validate)  # type: ignore[method-assign,assignment]
+    try:
+        yield
+    finally:
+        del OpenAPISpecification._validate_spec  # Connexion's own again (it lives on the base class)
+
+
+@lru_cache(maxsize=1)
+def _openapi_schema_validator() -> Any:
+    return jsonschema_rs.validator_for(OpenAPISpecification.openapi_schema)
 
 
 class TagResolver(Resolver):
@@ -157,8 +180,10 @@ def create_app(settings: Settings | None = None) -> AsyncApp:
         await runtime.jobs.start()
         # Everything allocated so far lives as long as the server: keep it out of the collector's
         # scans, and collect the young generation less often (fewer pauses in token streams).
+        # `ttmedia serve` turns the collector off for the imports; it is back on from here.
         gc.freeze()
         gc.set_threshold(10_000, 20, 20)
+        gc.enable()
         try:
             yield {"runtime": runtime}
         finally:
@@ -178,12 +203,13 @@ def create_app(settings: Settings | None = None) -> AsyncApp:
         swagger_ui_options=SwaggerUIOptions(swagger_ui_path="/ui"),
     )
     fastpath.install(app._middleware_app)
-    app.add_api(
-        spec,
-        resolver=TagResolver(),
-        validate_responses=settings.validate_responses,
-        name="ttmedia",
-    )
+    with compiled_spec_check():
+        app.add_api(
+            spec,
+            resolver=TagResolver(),
+            validate_responses=settings.validate_responses,
+            name="ttmedia",
+        )
     # Before the gate: a request without an organisation is 401, even while warming.
     app.add_middleware(
         OrganizationCheck, position=MiddlewarePosition.BEFORE_VALIDATION,

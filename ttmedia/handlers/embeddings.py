@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 from typing import Any
 
-import numpy as np
 from starlette.responses import Response
 
 from ttmedia import problems
@@ -49,6 +48,8 @@ async def create_embedding(body: dict[str, Any]) -> Response:
             raise problems.InvalidRequest(f"input[{i}] has {count} tokens; {pool.name} takes at most {limit}.")
     # One payload for all inputs: the device embeds them as one batch.
     result = await pool.submit({"inputs": texts, "dimensions": dimensions})
+    import numpy as np  # here, not at the top: importing it costs 60 ms of server start-up
+
     as_base64 = body.get("encoding_format") == "base64"
     data = []
     for i, vector in enumerate(result["embeddings"]):

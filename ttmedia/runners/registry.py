@@ -8,7 +8,6 @@ The built-in simulated runners are listed here too, so a source checkout works u
 from __future__ import annotations
 
 import importlib
-from importlib.metadata import entry_points
 
 from ttmedia.runners.base import Runner
 
@@ -30,6 +29,8 @@ class UnknownRunner(LookupError):
 
 def available() -> dict[str, str]:
     """Every runner name with its import target."""
+    from importlib.metadata import entry_points  # 20 ms to import: only when a name is not built in
+
     found = dict(BUILTIN)
     for ep in entry_points(group="ttmedia.runners"):
         found.setdefault(ep.name, ep.value)

@@ -15,16 +15,42 @@ from ttmedia import problems
 from ttmedia.context import note
 from ttmedia.runners.base import RunnerContext
 from ttmedia.runners.catalog import DEVICE_SPEED
-from ttmedia.runners.faults import parse_faults
+from ttmedia.runners.faults import Fault, parse_faults
 from ttmedia.scheduler import protocol as p
 from ttmedia.scheduler.devices import DeviceGroup, ServedModel, format_group, served_models
 from ttmedia.scheduler.pool import ModelPool
 from ttmedia.scheduler.protocol import WorkerSpec
 from ttmedia.scheduler.readiness import ModelState, WorkerState
-from ttmedia.scheduler.worker import WorkerHandle, start_forkserver
+from ttmedia.scheduler.forkserver import start_forkserver
+from ttmedia.scheduler.worker import EARLY_LAUNCH, WorkerHandle
 from ttmedia.settings import Settings
 
 log = logging.getLogger("ttmedia.scheduler")
+
+
+def worker_spec(settings: Settings, faults: tuple[Fault, ...], model: ServedModel, group: DeviceGroup,
+                incarnation: int = 0) -> WorkerSpec:
+    """What the worker process of `model` on `group` is started with."""
+    info = model.info
+    timing = info.timing.scaled(settings.sim_speed * DEVICE_SPEED.get(settings.device, 1.0))
+    if settings.sim_warmup_seconds is not None:
+        timing = replace(timing, warmup_s=settings.sim_warmup_seconds)
+    if model.warmup_s is not None:
+        timing = replace(timing, warmup_s=model.warmup_s)
+    return WorkerSpec(
+        runner=info.runner,
+        context=RunnerContext(model.name, info.family, settings.device, group, timing, dict(info.options)),
+        heartbeat_seconds=settings.worker_heartbeat_seconds,
+        faults=tuple(f for f in faults if f.applies_to(model.name, group)),
+        incarnation=incarnation,
+        env={"TT_VISIBLE_DEVICES": format_group(group)},
+    )
+
+
+def launch_workers_early(settings: Settings, models: list[ServedModel]) -> None:
+    """Start every worker's first process now, in the background; the Scheduler adopts them."""
+    faults = tuple(parse_faults(settings.sim_faults))
+    EARLY_LAUNCH.start([worker_spec(settings, faults, m, g, incarnation=1) for m in models for g in m.groups])
 
 
 class Scheduler:
@@ -56,21 +82,7 @@ class Scheduler:
 
     def _make_worker_factory(self, loop: asyncio.AbstractEventLoop) -> Any:
         def make(pool: ModelPool, group: DeviceGroup) -> WorkerHandle:
-            info = pool.model.info
-            speed = self.settings.sim_speed * DEVICE_SPEED.get(self.settings.device, 1.0)
-            timing = info.timing.scaled(speed)
-            if self.settings.sim_warmup_seconds is not None:
-                timing = replace(timing, warmup_s=self.settings.sim_warmup_seconds)
-            if pool.model.warmup_s is not None:
-                timing = replace(timing, warmup_s=pool.model.warmup_s)
-            context = RunnerContext(pool.name, info.family, self.settings.device, group, timing, dict(info.options))
-            spec = WorkerSpec(
-                runner=info.runner,
-                context=context,
-                heartbeat_seconds=self.settings.worker_heartbeat_seconds,
-                faults=tuple(f for f in self.faults if f.applies_to(pool.name, group)),
-                env={"TT_VISIBLE_DEVICES": format_group(group)},
-            )
+            spec = worker_spec(self.settings, self.faults, pool.model, group)
             return WorkerHandle(spec, loop, self._on_message, lambda w, code: self._on_exit(pool, w, code))
 
         return make

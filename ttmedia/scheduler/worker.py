@@ -14,35 +14,77 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from multiprocessing.connection import Connection
 from typing import TYPE_CHECKING, Any
 
 from ttmedia.scheduler import protocol as p
 from ttmedia.scheduler import worker_main
+from ttmedia.scheduler.forkserver import CONTEXT
 from ttmedia.scheduler.protocol import WorkerSpec
 from ttmedia.scheduler.readiness import WorkerState, WorkerView
 
 if TYPE_CHECKING:
     from ttmedia.scheduler.pool import Ticket
 
-# Workers are forked from a forkserver: a clean single-threaded process that has imported the
-# worker and runner modules once, so starting eight workers costs eight forks, not eight Python
-# start-ups with their imports (bench scenario 5). The forkserver itself is started in the
-# background as soon as the scheduler exists.
-_SPAWN = multiprocessing.get_context("forkserver")
-_PRELOAD = ["ttmedia.scheduler.worker_main", "numpy", "PIL.Image", "ttmedia.runners.sim.llm",
-            "ttmedia.runners.sim.image", "ttmedia.runners.sim.embedding", "ttmedia.runners.sim.cnn",
-            "ttmedia.runners.sim.whisper", "ttmedia.runners.sim.tts", "ttmedia.runners.sim.video",
-            "ttmedia.runners.sim.trainer", "ttmedia.media.images", "ttmedia.media.audio"]
+@dataclass
+class Launched:
+    process: multiprocessing.process.BaseProcess
+    conn: Connection  # the scheduler's end of the worker's pipe
+    at: float  # monotonic
+    wall: float
 
 
-def start_forkserver() -> None:
-    """Start the forkserver now (idempotent), in a thread so start-up is not held up."""
-    from multiprocessing import forkserver
+def start_process(spec: WorkerSpec) -> Launched:
+    parent_conn, child_conn = CONTEXT.Pipe(duplex=True)
+    process = CONTEXT.Process(
+        target=worker_main.main,
+        args=(child_conn, spec),
+        name=f"ttmedia-worker-{spec.context.model}-{spec.context.worker_id}",
+        daemon=True,
+    )
+    process.start()
+    child_conn.close()  # so EOF reaches us when the child dies
+    return Launched(process, parent_conn, time.monotonic(), time.time())
 
-    forkserver.set_forkserver_preload(_PRELOAD)  # before any start, whichever thread wins
-    threading.Thread(target=forkserver.ensure_running, name="forkserver-start", daemon=True).start()
+
+class EarlyLaunch:
+    """Worker processes that `ttmedia serve` starts as soon as it knows its models, before the
+    web stack is imported: devices warm up while the server loads (bench scenario 5). Each
+    WorkerHandle adopts its process on first launch. A worker's messages wait in its pipe
+    until then."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._done = threading.Event()
+        self._done.set()
+        self._launched: list[tuple[WorkerSpec, Launched]] = []
+
+    def start(self, specs: list[WorkerSpec]) -> None:
+        self._done.clear()
+        threading.Thread(target=self._run, args=(specs,), name="early-worker-launch", daemon=True).start()
+
+    def _run(self, specs: list[WorkerSpec]) -> None:
+        try:
+            for spec in specs:
+                launched = start_process(spec)
+                with self._lock:
+                    self._launched.append((spec, launched))
+        finally:
+            self._done.set()
+
+    def take(self, spec: WorkerSpec) -> Launched | None:
+        """The process launched early for exactly this spec, if any (waits for the launches)."""
+        self._done.wait()
+        with self._lock:
+            for i, (early_spec, launched) in enumerate(self._launched):
+                if early_spec == spec:
+                    del self._launched[i]
+                    return launched
+        return None
+
+
+EARLY_LAUNCH = EarlyLaunch()
 
 #: Seconds a freshly spawned interpreter needs before the runner starts warming (imports).
 SPAWN_OVERHEAD_S = 1.0
@@ -130,19 +172,13 @@ class WorkerHandle:
         self.incarnation += 1
         self.expect_exit = False
         spec = replace(self.spec, incarnation=self.incarnation)
-        parent_conn, child_conn = _SPAWN.Pipe(duplex=True)
-        process = _SPAWN.Process(
-            target=worker_main.main,
-            args=(child_conn, spec),
-            name=f"ttmedia-worker-{spec.context.model}-{self.worker_id}",
-            daemon=True,
-        )
-        process.start()
-        child_conn.close()  # so EOF reaches us when the child dies
+        launched = (self.incarnation == 1 and EARLY_LAUNCH.take(spec)) or start_process(spec)
+        process, parent_conn = launched.process, launched.conn
         self.process, self.conn, self.pid = process, parent_conn, process.pid
         self.state = WorkerState.STARTING
-        self.start_time, self.ready_time = time.time(), None
-        self.spawned_at = self.last_heartbeat = time.monotonic()
+        self.start_time, self.ready_time = launched.wall, None
+        self.spawned_at = launched.at
+        self.last_heartbeat = time.monotonic()
         self.ready_due = max(self.ready_due, self.spawned_at + self.expected_warmup_s)
         self.load = 0
         self.calls_ahead.clear()
