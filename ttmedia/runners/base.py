@@ -9,6 +9,7 @@ worker can keep sending heartbeats while the device works.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -60,7 +61,13 @@ class Runner:
         """Release the device."""
 
 
-async def device_time(seconds: float) -> None:
-    """Simulated device work: the event loop stays free, as it would while a TT device computes."""
+async def device_time(seconds: float, started: float | None = None) -> None:
+    """Simulated device work: the event loop stays free, as it would while a TT device computes.
+
+    With `started` (a time.monotonic() taken when the call began), the call ends `seconds` after
+    it began: the simulator's own work of making the output stands in for the device's work,
+    so it is part of the device time rather than added to it."""
+    if started is not None:
+        seconds -= time.monotonic() - started
     if seconds > 0:
         await asyncio.sleep(seconds)

@@ -9,6 +9,7 @@ ImageNet-1k classes, shipped as package data (imagenet_classes.txt, index = clas
 
 from __future__ import annotations
 
+import time
 from functools import lru_cache
 from importlib import resources
 from typing import Any
@@ -86,7 +87,8 @@ class SimCNNRunner(Runner):
                 "probabilities": [float(probs[i]) for i in top]}
 
     async def run(self, batch: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        started = time.monotonic()
         results = [self._one(r) for r in batch]
         t = self.ctx.timing
-        await device_time(t.base_s + t.per_item_s * len(batch))
+        await device_time(t.base_s + t.per_item_s * len(batch), started)
         return results

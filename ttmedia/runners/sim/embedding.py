@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+import time
 from functools import lru_cache
 from typing import Any
 
@@ -60,15 +61,17 @@ class SimEmbeddingRunner(Runner):
         self.size = int(ctx.options.get("dimensions", 1024))
 
     async def warmup(self) -> None:
+        started = time.monotonic()
         embed("warmup", self.size)
-        await device_time(self.ctx.timing.warmup_s)
+        await device_time(self.ctx.timing.warmup_s, started)
 
     async def run(self, batch: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        started = time.monotonic()
         results = [
             {"embeddings": [embed(text, self.size, r.get("dimensions")) for text in r["inputs"]]}
             for r in batch
         ]
         t = self.ctx.timing
         items = sum(len(r["inputs"]) for r in batch)
-        await device_time(t.base_s + t.per_item_s * items)
+        await device_time(t.base_s + t.per_item_s * items, started)
         return results

@@ -74,10 +74,11 @@ class SimLLMRunner(Runner):
         }
 
     async def run(self, batch: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        started = time.monotonic()
         results = [self._complete(r) for r in batch]
         longest = max((r["completion_tokens"] for r in results), default=0)
         t = self.ctx.timing
-        await device_time(t.base_s + t.per_token_s * longest)
+        await device_time(t.base_s + t.per_token_s * longest, started)
         return results
 
     async def stream(self, request: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:

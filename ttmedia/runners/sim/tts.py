@@ -6,6 +6,7 @@ encoder failure is reported as the HTTP problem it is, not as a runner crash.
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from ttmedia.runners.base import Runner, device_time
@@ -25,11 +26,12 @@ class SimTTSRunner(Runner):
     async def run(self, batch: list[dict[str, Any]]) -> list[dict[str, Any]]:
         from ttmedia.media import audio
 
+        started = time.monotonic()
         results = [
             {"samples": audio.synthesize_speech(r["text"], SAMPLE_RATE, r.get("speaker")), "sample_rate": SAMPLE_RATE}
             for r in batch
         ]
         t = self.ctx.timing
         # The decoder is autoregressive over spectrogram frames, roughly one per character.
-        await device_time(t.base_s + t.per_token_s * max(len(r["text"]) for r in batch))
+        await device_time(t.base_s + t.per_token_s * max(len(r["text"]) for r in batch), started)
         return results

@@ -10,6 +10,7 @@ English, so translation (task "translate") answers in English by construction.
 
 from __future__ import annotations
 
+import time
 import hashlib
 import random
 from collections.abc import AsyncIterator
@@ -106,6 +107,7 @@ class SimWhisperRunner(Runner):
         }
 
     async def run(self, batch: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        started = time.monotonic()
         results = []
         audio_s = 0.0
         for request in batch:
@@ -113,7 +115,7 @@ class SimWhisperRunner(Runner):
             audio_s += len(samples) / SAMPLE_RATE
             results.append(self._result(request, samples, transcribe(samples)))
         t = self.ctx.timing
-        await device_time(t.base_s + t.per_step_s * audio_s)  # per_step_s: one second of audio
+        await device_time(t.base_s + t.per_step_s * audio_s, started)  # per_step_s: one second of audio
         return results
 
     async def stream(self, request: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
