@@ -1,15 +1,14 @@
 """The scheduler's side of one device worker process.
 
-A blocking reader thread per worker receives its messages and hands each to the event loop
-(`call_soon_threadsafe`): no polling anywhere. When the process dies, the reader sees EOF at
-once, so a crash is noticed in milliseconds, not at the next health-check tick.
+The event loop reads each worker's pipe itself (scheduler/channel.py): no polling, no thread
+hop between a result and its handler. When the process dies, the loop sees EOF at once, so a
+crash is noticed in milliseconds, not at the next health-check tick.
 """
 
 from __future__ import annotations
 
 import asyncio
 import multiprocessing
-import queue
 import threading
 import time
 from collections import deque
@@ -20,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from ttmedia.scheduler import protocol as p
 from ttmedia.scheduler import worker_main
+from ttmedia.scheduler.channel import Channel
 from ttmedia.scheduler.forkserver import CONTEXT
 from ttmedia.scheduler.protocol import WorkerSpec
 from ttmedia.scheduler.readiness import WorkerState, WorkerView
@@ -109,7 +109,7 @@ class WorkerHandle:
         self._on_exit = on_exit
         self.state = WorkerState.STOPPED
         self.process: multiprocessing.process.BaseProcess | None = None
-        self.conn: Connection | None = None
+        self.channel: Channel | None = None
         self.pid: int | None = None
         self.capacity = 1
         self.load = 0  # runner calls in flight
@@ -129,7 +129,6 @@ class WorkerHandle:
         self.incarnation = 0
         self.expect_exit = False  # set when we stop or reset it on purpose
         self._outbox: list[tuple[Any, ...]] = []
-        self._writes: queue.SimpleQueue[Any] = queue.SimpleQueue()
 
     @property
     def worker_id(self) -> str:
@@ -173,8 +172,12 @@ class WorkerHandle:
         self.expect_exit = False
         spec = replace(self.spec, incarnation=self.incarnation)
         launched = (self.incarnation == 1 and EARLY_LAUNCH.take(spec)) or start_process(spec)
-        process, parent_conn = launched.process, launched.conn
-        self.process, self.conn, self.pid = process, parent_conn, process.pid
+        process, incarnation = launched.process, self.incarnation
+        if self.channel is not None:
+            self.channel.close()
+        self.channel = Channel(launched.conn, self.loop, lambda messages: self._on_messages(incarnation, messages),
+                               lambda: self._reap(process, incarnation))
+        self.process, self.pid = process, process.pid
         self.state = WorkerState.STARTING
         self.start_time, self.ready_time = launched.wall, None
         self.spawned_at = launched.at
@@ -182,35 +185,17 @@ class WorkerHandle:
         self.ready_due = max(self.ready_due, self.spawned_at + self.expected_warmup_s)
         self.load = 0
         self.calls_ahead.clear()
-        threading.Thread(
-            target=self._read, args=(parent_conn, process, self.incarnation), daemon=True,
-            name=f"worker-reader-{self.worker_id}",
-        ).start()
-        self._writes.put(None)  # retire the previous incarnation's writer
-        self._writes = queue.SimpleQueue()
-        threading.Thread(target=self._write, args=(parent_conn, self._writes), daemon=True,
-                         name=f"worker-writer-{self.worker_id}").start()
 
-    def _read(self, conn: Connection, process: multiprocessing.process.BaseProcess, incarnation: int) -> None:
-        deliver = self.loop.call_soon_threadsafe
-        while True:
-            # Take everything that is already waiting, and wake the loop once for all of it:
-            # under load that saves a loop wake-up (a syscall) per message.
+    def _reap(self, process: multiprocessing.process.BaseProcess, incarnation: int) -> None:
+        """The pipe closed: the process is exiting. Collect its exit code off the loop."""
+        def wait() -> None:
+            process.join(timeout=5)
             try:
-                batch = [conn.recv()]
-                while conn.poll(0):
-                    batch.append(conn.recv())
-            except (EOFError, OSError):
-                break
-            try:
-                deliver(self._on_messages, incarnation, batch)
+                self.loop.call_soon_threadsafe(self._exited, incarnation, process.exitcode)
             except RuntimeError:  # loop closed: the server is gone
-                return
-        process.join(timeout=5)
-        try:
-            deliver(self._exited, incarnation, process.exitcode)
-        except RuntimeError:
-            pass
+                pass
+
+        threading.Thread(target=wait, name=f"worker-reaper-{self.worker_id}", daemon=True).start()
 
     def _on_messages(self, incarnation: int, messages: list[tuple[Any, ...]]) -> None:
         if incarnation == self.incarnation:
@@ -223,7 +208,7 @@ class WorkerHandle:
 
     def _exited(self, incarnation: int, exitcode: int | None) -> None:
         if incarnation == self.incarnation:
-            self.conn = None
+            self.channel = None
             self._on_exit(self, exitcode)
 
     def send_soon(self, message: tuple[Any, ...]) -> None:
@@ -238,20 +223,8 @@ class WorkerHandle:
             self.send(box[0] if len(box) == 1 else (p.BATCH, box))
 
     def send(self, message: tuple[Any, ...]) -> bool:
-        """Hand a message to the writer thread. The event loop never writes to the pipe itself:
-        a stopped or wedged worker stops draining its pipe, and a large payload would then
-        block the whole server."""
-        if self.conn is None:
-            return False
-        self._writes.put(message)
-        return True
-
-    def _write(self, conn: Connection, writes: queue.SimpleQueue[Any]) -> None:
-        while (message := writes.get()) is not None:
-            try:
-                conn.send(message)
-            except (OSError, ValueError):
-                return  # the reader thread reports the exit
+        """Write to the worker without blocking the loop (see Channel)."""
+        return self.channel is not None and self.channel.send(message)
 
     def stop(self) -> None:
         """Ask the worker to finish its in-flight work and exit."""

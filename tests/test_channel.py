@@ -1,0 +1,58 @@
+"""The scheduler's pipe to a worker (scheduler/channel.py), against multiprocessing's own
+Connection on the other end, as a worker process uses it."""
+
+from __future__ import annotations
+
+import asyncio
+import multiprocessing
+import threading
+from typing import Any
+
+import pytest
+
+from ttmedia.scheduler.channel import Channel
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def test_writes_never_block_the_loop_and_arrive_in_order_when_the_worker_reads_again() -> None:
+    ours, worker = multiprocessing.Pipe(duplex=True)
+    big = b"x" * 100_000  # 200 of these are far more than a socket buffer holds
+
+    async def main() -> None:
+        channel = Channel(ours, asyncio.get_running_loop(), lambda messages: None, lambda: None)
+        # The worker reads nothing yet (stopped, or busy): had a send blocked, the loop would be
+        # stuck here for good and the reader below never started.
+        for i in range(200):
+            assert channel.send(("run", i, big))
+        received: list[Any] = []
+        reader = threading.Thread(target=lambda: received.extend(worker.recv() for _ in range(200)))
+        reader.start()
+        await asyncio.to_thread(reader.join, 30)
+        assert [m[1] for m in received] == list(range(200))
+        assert all(m[2] == big for m in received)
+        channel.close()
+        assert not channel.send(("run", 200, b""))
+
+    asyncio.run(main())
+
+
+def test_reads_every_message_a_worker_sends_then_reports_eof() -> None:
+    ours, worker = multiprocessing.Pipe(duplex=True)
+    sizes = [0, 10, 70_000, 3, 1_000_000, 5]  # split across reads, and several in one read
+
+    async def main() -> None:
+        received: list[Any] = []
+        eof = asyncio.Event()
+        Channel(ours, asyncio.get_running_loop(), received.extend, eof.set)
+
+        def send_all() -> None:
+            for i, size in enumerate(sizes):
+                worker.send(("result", i, b"y" * size))
+            worker.close()
+
+        threading.Thread(target=send_all).start()
+        await asyncio.wait_for(eof.wait(), 30)
+        assert [(m[1], len(m[2])) for m in received] == list(enumerate(sizes))
+
+    asyncio.run(main())
