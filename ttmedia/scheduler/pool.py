@@ -28,6 +28,15 @@ _ids = itertools.count(1)
 #: Send a call ahead to a busy worker only while this model's calls take less device time.
 CALL_AHEAD_BELOW_S = 1.0
 
+
+class _OpenStreams:
+    """How many token streams this process is delivering right now (see ttmedia/fastpath.py)."""
+
+    count = 0
+
+
+OPEN_STREAMS = _OpenStreams()
+
 #: Sentinel put on a stream's queue when the stream cannot go on.
 _STREAM_FAILED = object()
 
@@ -155,6 +164,7 @@ class ModelPool:
         assert ticket.chunks is not None
         timeout = self.settings.request_processing_timeout_seconds
         finished = False
+        OPEN_STREAMS.count += 1
         try:
             while True:
                 if not ticket.chunks.empty():
@@ -177,6 +187,7 @@ class ModelPool:
                     finished = True
                     return
         finally:
+            OPEN_STREAMS.count -= 1
             if not finished:
                 self._abandon(ticket)
 
