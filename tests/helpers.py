@@ -74,17 +74,18 @@ class LiveServer:
 
 
 @contextlib.contextmanager
-def live_server(env: dict[str, str] | None = None, wait_ready: bool = True, timeout: float = 60.0) -> Iterator[LiveServer]:
-    """uvicorn on 127.0.0.1 and a random free port, in its own process group."""
+def live_server(env: dict[str, str] | None = None, wait_ready: bool = True, timeout: float = 60.0,
+                cli: bool = False) -> Iterator[LiveServer]:
+    """uvicorn on 127.0.0.1 and a random free port, in its own process group; with `cli`, started
+    as operators do, by `ttmedia serve` (which also starts the workers before the app)."""
     port = free_port()
     full_env = {**os.environ, "SIM_SPEED": "0", "SIM_WARMUP_SECONDS": "0", "LOG_LEVEL": "warning",
                 "DATA_DIR": tempfile.mkdtemp(prefix="ttmedia-data-"),
                 "MODELS": BASIC_MODELS, **(env or {})}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "uvicorn", "ttmedia.app:create_app", "--factory",
-         "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"],
-        env=full_env, start_new_session=True,
-    )
+    command = ([sys.executable, "-m", "ttmedia", "serve"] if cli else
+               [sys.executable, "-m", "uvicorn", "ttmedia.app:create_app", "--factory"])
+    proc = subprocess.Popen([*command, "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"],
+                            env=full_env, start_new_session=True)
     server = LiveServer(proc, f"http://127.0.0.1:{port}")
     try:
         def up() -> bool:

@@ -5,15 +5,12 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
-import sys
-import tempfile
 from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.helpers import LiveServer, free_port, wait_until
+from tests.helpers import LiveServer, live_server, wait_until
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -49,20 +46,8 @@ def _liveness_pids(server: LiveServer) -> dict[str, int | None]:
 
 
 def test_serve_starts_each_worker_once_and_the_scheduler_adopts_it() -> None:
-    port = free_port()
-    env = {**os.environ, "MODELS": "bge-m3@(0),(1),(2)", "SIM_WARMUP_SECONDS": "0.5", "SIM_SPEED": "0",
-           "LOG_LEVEL": "warning", "DATA_DIR": tempfile.mkdtemp(prefix="ttmedia-data-")}
-    proc = subprocess.Popen([sys.executable, "-m", "ttmedia", "serve", "--port", str(port)], env=env,
-                            start_new_session=True)
-    server = LiveServer(proc, f"http://127.0.0.1:{port}")
-    try:
-        def ready() -> bool:
-            try:
-                return httpx.get(server.url + "/health", timeout=2).status_code == 200
-            except httpx.HTTPError:
-                return False
-
-        assert wait_until(ready, 60, 0.1)
+    with live_server({"MODELS": "bge-m3@(0),(1),(2)", "SIM_WARMUP_SECONDS": "0.5"}, cli=True) as server:
+        proc = server.proc
         assert wait_until(lambda: all(w["is_ready"] for w in httpx.get(server.url + "/tt-liveness").json()
                                       ["worker_info"].values()), 20)
         pids = _liveness_pids(server)
@@ -78,5 +63,3 @@ def test_serve_starts_each_worker_once_and_the_scheduler_adopts_it() -> None:
         assert wait_until(lambda: _worker_processes(proc.pid) == set(_liveness_pids(server).values()), 10)
         info = httpx.get(server.url + "/tt-liveness").json()["worker_info"]["0"]
         assert info["restart_count"] == 1
-    finally:
-        server.stop(signal.SIGKILL)

@@ -5,14 +5,11 @@ from __future__ import annotations
 import concurrent.futures
 import os
 import signal
-import subprocess
-import sys
-import tempfile
 import time
 
 import httpx
 
-from tests.helpers import BASIC_MODELS, LiveServer, free_port, wait_until
+from tests.helpers import live_server, wait_until
 
 
 def _process_alive(pid: int) -> bool:
@@ -24,21 +21,10 @@ def _process_alive(pid: int) -> bool:
 
 
 def test_sigterm_drains_in_flight_requests_and_leaves_no_children():
-    port = free_port()
     # Each image takes ~1.3 s of simulated device time: requests are in flight when SIGTERM lands.
-    env = {**os.environ, "MODELS": BASIC_MODELS, "SIM_WARMUP_SECONDS": "0", "SIM_SPEED": "0.5",
-           "DRAIN_GRACE_SECONDS": "20", "LOG_LEVEL": "warning",
-           "DATA_DIR": tempfile.mkdtemp(prefix="ttmedia-data-")}
-    proc = subprocess.Popen([sys.executable, "-m", "ttmedia", "serve", "--port", str(port)], env=env,
-                            start_new_session=True)
-    server = LiveServer(proc, f"http://127.0.0.1:{port}")
-    try:
-        def ready() -> bool:
-            try:
-                return httpx.get(server.url + "/health", timeout=2).status_code == 200
-            except httpx.HTTPError:
-                return False
-        assert wait_until(ready, 60, 0.1)
+    env = {"SIM_SPEED": "0.5", "DRAIN_GRACE_SECONDS": "20"}
+    with live_server(env, cli=True) as server:
+        proc = server.proc
         pids = [w["pid"] for w in httpx.get(server.url + "/tt-liveness").json()["worker_info"].values()]
         body = {"prompt": "drain me", "num_inference_steps": 12, "size": "512x512"}
         with concurrent.futures.ThreadPoolExecutor(4) as pool:
@@ -54,5 +40,3 @@ def test_sigterm_drains_in_flight_requests_and_leaves_no_children():
         assert time.monotonic() - started < 20, "exit took longer than the drain grace"
         for pid in pids:
             assert wait_until(lambda pid=pid: not _process_alive(pid), 10), f"worker {pid} outlived the server"
-    finally:
-        server.stop(signal.SIGKILL)
