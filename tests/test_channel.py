@@ -9,13 +9,27 @@ import threading
 from typing import Any
 
 import pytest
+import uvloop
 
 from ttmedia.scheduler.channel import Channel
 
 pytestmark = pytest.mark.timeout(60)
 
+# The server runs on uvloop, which makes a descriptor non-blocking when it starts watching it.
+LOOPS = pytest.mark.parametrize("loop_factory", [asyncio.new_event_loop, uvloop.new_event_loop],
+                                ids=["asyncio", "uvloop"])
 
-def test_writes_never_block_the_loop_and_arrive_in_order_when_the_worker_reads_again() -> None:
+
+def run(loop_factory: Any, main: Any) -> None:
+    loop = loop_factory()
+    try:
+        loop.run_until_complete(main())
+    finally:
+        loop.close()
+
+
+@LOOPS
+def test_writes_never_block_the_loop_and_arrive_in_order_when_the_worker_reads_again(loop_factory: Any) -> None:
     ours, worker = multiprocessing.Pipe(duplex=True)
     big = b"x" * 100_000  # 200 of these are far more than a socket buffer holds
 
@@ -34,10 +48,11 @@ def test_writes_never_block_the_loop_and_arrive_in_order_when_the_worker_reads_a
         channel.close()
         assert not channel.send(("run", 200, b""))
 
-    asyncio.run(main())
+    run(loop_factory, main)
 
 
-def test_reads_every_message_a_worker_sends_then_reports_eof() -> None:
+@LOOPS
+def test_reads_every_message_a_worker_sends_then_reports_eof(loop_factory: Any) -> None:
     ours, worker = multiprocessing.Pipe(duplex=True)
     sizes = [0, 10, 70_000, 3, 1_000_000, 5]  # split across reads, and several in one read
 
@@ -55,4 +70,4 @@ def test_reads_every_message_a_worker_sends_then_reports_eof() -> None:
         await asyncio.wait_for(eof.wait(), 30)
         assert [(m[1], len(m[2])) for m in received] == list(enumerate(sizes))
 
-    asyncio.run(main())
+    run(loop_factory, main)

@@ -13,6 +13,7 @@ import asyncio
 import os
 import pickle
 import queue
+import select
 import socket
 import struct
 import threading
@@ -110,7 +111,7 @@ class Channel:
     def _write_backlog(self) -> None:
         try:
             while (data := self._writes.get()) is not None:
-                self.sock.sendall(data)
+                self._send_all(data)
                 with self._lock:
                     self._backlog -= 1
         except OSError:
@@ -121,6 +122,16 @@ class Channel:
                 closed = self._closed
             if closed:
                 self.sock.close()
+
+    def _send_all(self, data: bytes) -> None:
+        """sendall for a descriptor the loop has made non-blocking (uvloop does, on add_reader):
+        wait until the worker reads, however long that takes."""
+        view = memoryview(data)
+        while view:
+            try:
+                view = view[self.sock.send(view):]
+            except (BlockingIOError, InterruptedError):
+                select.select([], [self.sock], [])
 
     def close(self) -> None:
         """Stop reading and writing; the socket closes once the writer thread is out of it."""
@@ -135,6 +146,6 @@ class Channel:
         else:
             self._writes.put(None)
             try:
-                self.sock.shutdown(socket.SHUT_RDWR)  # wakes a writer stuck in sendall
+                self.sock.shutdown(socket.SHUT_RDWR)  # wakes a writer waiting on a full pipe
             except OSError:
                 pass
