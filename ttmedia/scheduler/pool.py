@@ -222,26 +222,26 @@ class ModelPool:
         time, and a call committed to one worker while another frees up first waits little.
         Only whole calls: a call sent ahead cannot grow, so a partial batch waits here, where
         later requests can join it."""
-        if self.call_time_s is None or self.call_time_s >= CALL_AHEAD_BELOW_S:
+        if self.call_time_s is None or self.call_time_s >= CALL_AHEAD_BELOW_S or not self._whole_call_waiting():
             return None
-        if not self.pending[0].stream and self.settings.max_batch_size > 1:
-            batchable = itertools.takewhile(lambda t: not t.stream, itertools.islice(self.pending, self.settings.max_batch_size))
-            if sum(1 for _ in batchable) < self.settings.max_batch_size:
-                return None
         return min((w for w in self.workers if w.takes_call_ahead), key=lambda w: w.load, default=None)
+
+    def _whole_call_waiting(self) -> bool:
+        """The head of the queue makes a full call: a stream, or MAX_BATCH_SIZE requests that
+        can share a batch."""
+        size = self.settings.max_batch_size
+        if size <= 1 or self.pending[0].stream:
+            return True
+        batchable = itertools.takewhile(lambda t: not t.stream, itertools.islice(self.pending, size))
+        return sum(1 for _ in batchable) >= size
 
     def _hold_for_batch(self) -> bool:
         """Wait up to MAX_BATCH_DELAY_MS for a partial batch to fill, then send what there is."""
-        size, delay = self.settings.max_batch_size, self.settings.max_batch_delay_ms / 1000
-        if size <= 1 or delay <= 0 or self.pending[0].stream:
+        delay = self.settings.max_batch_delay_ms / 1000
+        if delay <= 0 or self._whole_call_waiting():
             return False
-        batchable = 0
-        for ticket in self.pending:
-            if ticket.stream or batchable == size:
-                break
-            batchable += 1
         left = self.pending[0].enqueued_at + delay - time.monotonic()
-        if batchable >= size or left <= 0:
+        if left <= 0:
             return False
         if not self._pump_timer:
             self._pump_timer = True

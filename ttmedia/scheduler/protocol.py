@@ -25,6 +25,8 @@ either way:
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -37,6 +39,37 @@ RESULT, ERROR, CHUNK, END, HEARTBEAT = "result", "error", "chunk", "end", "heart
 BATCH = "batch"
 
 ERROR_REQUEST, ERROR_INTERNAL = "request", "internal"
+
+
+class Outbox:
+    """Messages queued in one loop iteration leave as one pipe write, a BATCH if there are several.
+
+    With many streams in flight, tokens of different streams become due together: one pickled
+    batch costs far less than a write (and a wake-up of the other side) per token.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, write: Callable[[tuple[Any, ...]], Any]) -> None:
+        self.loop, self.write = loop, write
+        self._messages: list[tuple[Any, ...]] = []
+
+    def put(self, message: tuple[Any, ...]) -> None:
+        self._messages.append(message)
+        if len(self._messages) == 1:
+            self.loop.call_soon(self.flush)
+
+    def flush(self) -> None:
+        box, self._messages = self._messages, []
+        if box:
+            self.write(box[0] if len(box) == 1 else (BATCH, box))
+
+
+def unbatch(messages: Iterable[tuple[Any, ...]]) -> Iterator[tuple[Any, ...]]:
+    """The messages as sent, with each BATCH opened up."""
+    for message in messages:
+        if message[0] == BATCH:
+            yield from message[1]
+        else:
+            yield message
 
 
 @dataclass(frozen=True)

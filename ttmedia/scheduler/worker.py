@@ -128,7 +128,7 @@ class WorkerHandle:
         self.expected_warmup_s = spec.context.timing.warmup_s + SPAWN_OVERHEAD_S
         self.incarnation = 0
         self.expect_exit = False  # set when we stop or reset it on purpose
-        self._outbox: list[tuple[Any, ...]] = []
+        self._outbox = p.Outbox(loop, self.send)
 
     @property
     def worker_id(self) -> str:
@@ -199,12 +199,8 @@ class WorkerHandle:
 
     def _on_messages(self, incarnation: int, messages: list[tuple[Any, ...]]) -> None:
         if incarnation == self.incarnation:
-            for message in messages:
-                if message[0] == p.BATCH:
-                    for inner in message[1]:
-                        self._on_message(self, inner)
-                else:
-                    self._on_message(self, message)
+            for message in p.unbatch(messages):
+                self._on_message(self, message)
 
     def _exited(self, incarnation: int, exitcode: int | None) -> None:
         if incarnation == self.incarnation:
@@ -213,14 +209,7 @@ class WorkerHandle:
 
     def send_soon(self, message: tuple[Any, ...]) -> None:
         """Queue work for the worker; one pipe write per loop iteration carries all of it."""
-        self._outbox.append(message)
-        if len(self._outbox) == 1:
-            self.loop.call_soon(self._flush)
-
-    def _flush(self) -> None:
-        box, self._outbox = self._outbox, []
-        if box:
-            self.send(box[0] if len(box) == 1 else (p.BATCH, box))
+        self._outbox.put(message)
 
     def send(self, message: tuple[Any, ...]) -> bool:
         """Write to the worker without blocking the loop (see Channel)."""

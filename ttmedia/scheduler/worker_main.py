@@ -45,22 +45,11 @@ class Worker:
         self.faults = FaultPlan(list(spec.faults), seed=f"{spec.context.model}/{spec.context.worker_id}/{spec.incarnation}")
         self.runner: Runner | None = None
         self.stopping = asyncio.Event()
-        self._outbox: list[tuple[Any, ...]] = []
+        self._outbox = p.Outbox(self.loop, conn.send)
 
     def send(self, message: tuple[Any, ...]) -> None:
-        """Queue a message; everything queued in one loop iteration leaves as one pipe write.
-
-        With many streams in flight, tokens of different streams become due together: one
-        pickled batch costs far less than a write (and a wake-up of the scheduler) per token.
-        """
-        self._outbox.append(message)
-        if len(self._outbox) == 1:
-            self.loop.call_soon(self.flush)
-
-    def flush(self) -> None:
-        box, self._outbox = self._outbox, []
-        if box:
-            self.conn.send(box[0] if len(box) == 1 else (p.BATCH, box))
+        """Everything sent in one loop iteration leaves as one pipe write (protocol.Outbox)."""
+        self._outbox.put(message)
 
     # --- reading requests -----------------------------------------------------------------------
 
@@ -76,15 +65,12 @@ class Worker:
             self.loop.call_soon_threadsafe(self._dispatch_all, batch)
 
     def _dispatch_all(self, messages: list[tuple[Any, ...]]) -> None:
-        for message in messages:
+        for message in p.unbatch(messages):
             self._dispatch(message)
 
     def _dispatch(self, message: tuple[Any, ...]) -> None:
         kind = message[0]
-        if kind == p.BATCH:
-            for inner in message[1]:
-                self._dispatch(inner)
-        elif kind == p.RUN:
+        if kind == p.RUN:
             _, batch_id, items = message
             self._start(batch_id, lambda: self._run_batch(batch_id, items))
         elif kind == p.STREAM:
@@ -237,7 +223,7 @@ class Worker:
                 return 0
         except Exception as exc:
             self.send((p.INIT_FAILED, f"{type(exc).__name__}: {exc}"))
-            self.flush()
+            self._outbox.flush()
             return 3
         self.send((p.READY, time.monotonic() - started))
         await self.stopping.wait()
