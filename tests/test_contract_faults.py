@@ -14,8 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from contract import run
-from tests.test_contract_live import _junit_failures
+from tests.test_contract_live import run_contract
 
 pytestmark = [pytest.mark.contract, pytest.mark.timeout(300)]
 
@@ -24,13 +23,7 @@ MAX_EXAMPLES = 8
 
 
 def test_live_contract_under_crashes_and_hangs(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    code = run.main(["--mode", "faults", "--max-examples", str(MAX_EXAMPLES), "--report-dir", str(tmp_path),
-                     "--timeout", "200"])
-    out, err = capsys.readouterr()
-    assert (tmp_path / "junit.xml").is_file(), f"no JUnit report\n{err[-3000:]}"
-    failures = _junit_failures(tmp_path)
-    assert code == 0, (f"faults: exit {code}; failures: {failures}\n--- st output (tail) ---\n"
-                       f"{out[-6000:]}\n--- runner ---\n{err[-3000:]}")
+    run_contract("faults", MAX_EXAMPLES, 200, tmp_path, capsys)
     server_log = (tmp_path / "server.log").read_text(encoding="utf-8", errors="replace")
     crashes = len(re.findall(r"exited \(code 17\)", server_log))
     timeouts = len(re.findall(r'"status": 504', server_log))

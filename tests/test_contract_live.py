@@ -30,15 +30,22 @@ def _junit_failures(report_dir: Path) -> list[str]:
     return out
 
 
-@pytest.mark.parametrize("mode", ["ready", "warming"])
-def test_live_contract(mode: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    code = run.main(["--mode", mode, "--max-examples", str(MAX_EXAMPLES), "--report-dir", str(tmp_path),
-                     "--timeout", "240"])
+def run_contract(mode: str, max_examples: int, timeout_s: int, report_dir: Path,
+                 capsys: pytest.CaptureFixture[str]) -> tuple[str, str]:
+    """One `contract.run` in `mode`; assert it wrote its report and passed. Its (stdout, stderr)."""
+    code = run.main(["--mode", mode, "--max-examples", str(max_examples), "--report-dir", str(report_dir),
+                     "--timeout", str(timeout_s)])
     out, err = capsys.readouterr()
-    assert (tmp_path / "junit.xml").is_file(), f"no JUnit report\n{err[-3000:]}"
-    failures = _junit_failures(tmp_path)
+    assert (report_dir / "junit.xml").is_file(), f"no JUnit report\n{err[-3000:]}"
+    failures = _junit_failures(report_dir)
     assert code == 0, (f"{mode}: exit {code}; failures: {failures}\n--- st output (tail) ---\n"
                        f"{out[-6000:]}\n--- runner ---\n{err[-3000:]}")
+    return out, err
+
+
+@pytest.mark.parametrize("mode", ["ready", "warming"])
+def test_live_contract(mode: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    _, err = run_contract(mode, MAX_EXAMPLES, 240, tmp_path, capsys)
     if mode == "warming":
         assert "[FAIL]" not in err and "warming check" in err
 
