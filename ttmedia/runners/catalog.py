@@ -109,6 +109,14 @@ CATALOG: dict[str, ModelInfo] = {
         _m("Llama-3.2-3B-Instruct", "training", "sim-trainer", Timing(4.0, 0.2, 0.0, 0.05),
            "meta-llama/Llama-3.2-3B-Instruct"),
         _m("gemma-1.1-2b-it", "training", "sim-trainer", Timing(3.0, 0.2, 0.0, 0.04), "google/gemma-1.1-2b-it"),
+        # Real models on the CPU (the `cpu` extra). Timing is only the expected warmup, for
+        # Retry-After while they load; their calls take what the CPU takes.
+        _m("whisper-base", "audio", "faster-whisper", Timing(3.0), "openai/whisper-base"),
+        _m("espeak-ng", "tts", "espeak-ng", Timing(0.5), "espeak-ng"),
+        _m("all-MiniLM-L6-v2", "embedding", "sentence-transformers", Timing(8.0),
+           "sentence-transformers/all-MiniLM-L6-v2", dimensions=384, max_model_length=256, max_batch_size=32),
+        # Any Hugging Face causal-LM directory: MODELS="hf-causal-lm~model_path=/models/qwen".
+        _m("hf-causal-lm", "llm", "hf-causal-lm", Timing(10.0), "hf-causal-lm", max_concurrency=4),
     )
 }
 

@@ -20,6 +20,11 @@ BUILTIN: dict[str, str] = {
     "sim-tts": "ttmedia.runners.sim.tts:SimTTSRunner",
     "sim-video": "ttmedia.runners.sim.video:SimVideoRunner",
     "sim-trainer": "ttmedia.runners.sim.trainer:SimTrainerRunner",
+    # Real models on the CPU (the `cpu` extra: pip install 'ttmedia[cpu]').
+    "faster-whisper": "ttmedia.runners.cpu.whisper:FasterWhisperRunner",
+    "espeak-ng": "ttmedia.runners.cpu.espeak:ESpeakRunner",
+    "sentence-transformers": "ttmedia.runners.cpu.sentence:SentenceTransformerRunner",
+    "hf-causal-lm": "ttmedia.runners.cpu.hf_llm:HFCausalLMRunner",
 }
 
 

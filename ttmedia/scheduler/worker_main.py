@@ -8,6 +8,7 @@ device works. If the scheduler's end of the pipe closes, the worker exits: no or
 from __future__ import annotations
 
 import asyncio
+import inspect
 import os
 import selectors
 import signal
@@ -197,7 +198,7 @@ class Worker:
     async def _warmup_or_stop(self) -> bool:
         """Warm up; True if a stop request came first (a shutdown must not wait out a warmup)."""
         assert self.runner is not None
-        warmup = asyncio.ensure_future(self.runner.warmup())
+        warmup = asyncio.ensure_future(_maybe_await(self.runner.warmup()))
         stop = asyncio.ensure_future(self.stopping.wait())
         await asyncio.wait({warmup, stop}, return_when=asyncio.FIRST_COMPLETED)
         if warmup.done():
@@ -205,7 +206,7 @@ class Worker:
             warmup.result()  # re-raise an init failure
             return False
         warmup.cancel()
-        await self.runner.close()
+        await _maybe_await(self.runner.close())
         return True
 
     async def main(self) -> int:
@@ -230,8 +231,12 @@ class Worker:
         while self.tasks:  # waiting calls start as running ones end
             await asyncio.wait(list(self.tasks.values()))
         heartbeat.cancel()
-        await self.runner.close()
+        await _maybe_await(self.runner.close())
         return 0
+
+
+async def _maybe_await(value: Any) -> Any:
+    return await value if inspect.isawaitable(value) else value
 
 
 def main(conn: Connection, spec: WorkerSpec) -> None:
