@@ -136,3 +136,33 @@ class ProgressVideoRunner(Runner):
             self.progress(100 * step / steps, step=step, total=steps)
         Path(batch[0].output_path).write_bytes(b"not really an mp4")
         return [VideoResult(1, 16, 16, 1, 17)]
+
+
+class FailingImageRunner(Runner):
+    """Every call is recorded in `calls.jsonl`; the request with seed 0 fails after a while."""
+
+    family = "image"
+
+    def run(self, batch: list[Any]) -> list[Any]:
+        import numpy as np
+
+        from ttmedia.runners.types import ImageResult
+
+        log = Path(str(self.ctx.option("log_dir", "."))) / "calls.jsonl"
+        with open(log, "a", encoding="utf-8") as f:
+            f.write(json.dumps([r.seed for r in batch]) + "\n")
+        if any(r.seed == 0 for r in batch):
+            time.sleep(0.3)
+            raise RuntimeError("the sampler diverged")
+        return [ImageResult(np.zeros((r.height, r.width, 3), np.uint8)) for r in batch]
+
+
+class StreamBreaksRunner(CountingLLMRunner):
+    """Streams three tokens, then fails."""
+
+    def stream(self, request: Any) -> Any:
+        from ttmedia.runners.types import TokenChunk
+
+        for i in range(3):
+            yield TokenChunk(f" t{i}", [300 + i])
+        raise RuntimeError("lost the KV cache")

@@ -10,7 +10,6 @@ from typing import Any
 from starlette.responses import Response
 
 from ttmedia import problems
-from ttmedia.handlers._calls import all_or_nothing
 from ttmedia.http import json_response
 from ttmedia.runners.types import EncodedImage, ImageRequest
 from ttmedia.runtime import current
@@ -37,8 +36,8 @@ def _size(body: dict[str, Any], pool: ModelPool) -> int:
 async def _generate(pool: ModelPool, request: ImageRequest, count: int) -> list[str]:
     """One request per image, as upstream (they batch on the device when MAX_BATCH_SIZE
     allows); one failing fails them all, and the rest are withdrawn."""
-    results: list[EncodedImage] = await all_or_nothing(
-        pool.submit(replace(request, seed=request.seed + i)) for i in range(count))
+    results: list[EncodedImage] = await pool.submit_all([replace(request, seed=request.seed + i)
+                                                         for i in range(count)])
     return [base64.b64encode(r.data).decode("ascii") for r in results]
 
 

@@ -10,7 +10,7 @@ from typing import Any
 from starlette.responses import Response
 
 from ttmedia import problems
-from ttmedia.handlers._calls import all_or_nothing, stream_failure
+from ttmedia.handlers._calls import stream_failure
 from ttmedia.http import SSE_DONE, json_response, sse_event, sse_response
 from ttmedia.runners.types import Completion, LLMRequest, TokenChunk, Tokenizer
 from ttmedia.runtime import current
@@ -85,10 +85,9 @@ async def create_completion(body: dict[str, Any]) -> Response:
         include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
         return sse_response(_completion_events(chunks, completion_id, created, pool.name, len(ids), include_usage))
     n = body.get("n") or 1
-    results: list[Completion] = await all_or_nothing(
-        pool.submit(LLMRequest(text, ids, max_tokens, seed=None if seed is None and n == 1 else (seed or 0) + k,
-                               **_sampling(body)))
-        for text, ids in prompts for k in range(n))
+    results: list[Completion] = await pool.submit_all([
+        LLMRequest(text, ids, max_tokens, seed=None if seed is None and n == 1 else (seed or 0) + k, **_sampling(body))
+        for text, ids in prompts for k in range(n)])
     choices = [{"text": r.text, "index": i, "logprobs": None, "finish_reason": r.finish_reason}
                for i, r in enumerate(results)]
     prompt_tokens = sum(len(ids) for _, ids in prompts) * n

@@ -63,6 +63,7 @@ class Ticket:
     enqueued_at: float = field(default_factory=time.monotonic)
     dispatched_at: float = 0.0
     progress_at: float = 0.0  # last sign of life from the device: dispatch, or a stream's chunk
+    siblings: list[Ticket] | None = None  # requests that stand or fall together (submit_all)
 
 
 class ModelPool:
@@ -158,7 +159,7 @@ class ModelPool:
 
     # --- admission ------------------------------------------------------------------------------
 
-    def _admit(self, request: Any, stream: bool) -> Ticket:
+    def _admit(self, request: Any, stream: bool, siblings: list[Ticket] | None = None) -> Ticket:
         self.check_ready()
         if len(self.pending) >= self.settings.max_queue_size:
             ready = sum(w.state is WorkerState.READY for w in self.workers) or 1
@@ -167,7 +168,7 @@ class ModelPool:
                 f"The queue of {self.name} is full ({self.settings.max_queue_size} requests waiting).",
                 retry_after=min(wait, self.settings.retry_after_max_seconds),
             )
-        ticket = Ticket(request, stream)
+        ticket = Ticket(request, stream, siblings=siblings)
         if stream:
             ticket.chunks = asyncio.Queue()
         else:
@@ -179,20 +180,41 @@ class ModelPool:
 
     async def submit(self, request: Any) -> Any:
         """Run one non-streaming request; its result, or a Problem if it cannot be served."""
-        ticket = self._admit(request, stream=False)
-        future = ticket.future
-        assert future is not None
-        timeout = self.settings.request_processing_timeout_seconds
-        # A timer on the future, rather than wait_for(): no extra task per request.
-        timer = self.loop.call_later(timeout, self._expire, ticket)
+        return (await self.submit_all([request]))[0]
+
+    async def submit_all(self, requests: list[Any]) -> list[Any]:
+        """Run requests that stand or fall together (n images, n completions): their results in
+        order, or the first failure. The moment one fails, the others leave the queue, or the
+        worker drops them before they start, so the device does no work nobody will use."""
+        group: list[Ticket] = []
         try:
-            return await future
-        except asyncio.CancelledError:
-            if future.cancelled() or not future.done():
-                self._abandon(ticket)
+            for request in requests:
+                group.append(self._admit(request, stream=False, siblings=group if len(requests) > 1 else None))
+        except problems.Problem:
+            self._withdraw(group)
+            raise
+        timeout = self.settings.request_processing_timeout_seconds
+        # Timers on the futures, rather than wait_for(): no extra task per request.
+        timers = [self.loop.call_later(timeout, self._expire, ticket) for ticket in group]
+        try:
+            return [await ticket.future for ticket in group]  # type: ignore[misc]
+        except BaseException:
+            self._withdraw(group)  # the client left (cancelled), or one failed and took the rest along
             raise
         finally:
-            timer.cancel()
+            for timer in timers:
+                timer.cancel()
+
+    def _withdraw(self, group: list[Ticket]) -> None:
+        """Give up the requests of `group` that have no answer yet."""
+        waiting = [t for t in group if t.future is not None and not t.future.done()]
+        for ticket in waiting:
+            ticket.siblings = None
+            ticket.future.cancel()  # type: ignore[union-attr]
+        for ticket in waiting:
+            self._abandon(ticket, settle=False)  # all of them gone before anything is dispatched
+        if waiting:
+            self._settle()
 
     def _expire(self, ticket: Ticket) -> None:
         if ticket.future is not None and not ticket.future.done():
@@ -494,6 +516,9 @@ class ModelPool:
             if not ticket.future.done():
                 ticket.future.set_exception(exc)
                 ticket.future.exception()  # mark retrieved: the waiter may be gone already
+            if ticket.siblings:
+                # Now, before anything else is dispatched: its siblings' answers are useless.
+                self._withdraw(ticket.siblings)
         elif ticket.chunks is not None:
             ticket.error = exc
             ticket.chunks.put_nowait(_STREAM_FAILED)
@@ -519,7 +544,7 @@ class ModelPool:
             self._fail(ticket, problems.Timeout(f"{self.name} made no progress on this request for {limit:g} s."))
         worker.kill()  # its other requests are re-dispatched or failed when the exit is seen
 
-    def _abandon(self, ticket: Ticket) -> None:
+    def _abandon(self, ticket: Ticket, settle: bool = True) -> None:
         """The client went away: drop a waiting request, stop a running stream."""
         try:
             self.pending.remove(ticket)
@@ -532,7 +557,8 @@ class ModelPool:
                 self._finish(worker, ticket.id)
             else:
                 self._drop_call_ahead(worker, ticket)
-        self._settle()
+        if settle:
+            self._settle()
 
     def _timed_out(self, ticket: Ticket) -> None:
         """The client's deadline passed. The request stays with its worker if a worker has it:
