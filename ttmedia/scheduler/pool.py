@@ -206,8 +206,9 @@ class ModelPool:
                 timer.cancel()
 
     def _withdraw(self, group: list[Ticket]) -> None:
-        """Give up the requests of `group` that have no answer yet."""
-        waiting = [t for t in group if t.future is not None and not t.future.done()]
+        """Give up the requests of `group` that have no answer yet (a cancelled future: its
+        waiter was cancelled, and cancelled it)."""
+        waiting = [t for t in group if t.future is not None and (t.future.cancelled() or not t.future.done())]
         for ticket in waiting:
             ticket.siblings = None
             ticket.future.cancel()  # type: ignore[union-attr]
