@@ -139,7 +139,8 @@ class ProgressVideoRunner(Runner):
 
 
 class FailingImageRunner(Runner):
-    """Every call is recorded in `calls.jsonl`; the request with seed 0 fails after a while."""
+    """Every call is recorded in `calls.jsonl`; the request with seed 0 fails after a while, the
+    one with seed 1 takes a second."""
 
     family = "image"
 
@@ -154,6 +155,8 @@ class FailingImageRunner(Runner):
         if any(r.seed == 0 for r in batch):
             time.sleep(0.3)
             raise RuntimeError("the sampler diverged")
+        if any(r.seed == 1 for r in batch):
+            time.sleep(1.0)  # still running when seed 0 fails on another worker
         return [ImageResult(np.zeros((r.height, r.width, 3), np.uint8)) for r in batch]
 
 

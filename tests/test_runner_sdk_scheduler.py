@@ -70,3 +70,23 @@ def test_progress_from_a_plain_run_reaches_the_caller(tmp_path: Path) -> None:
         assert items[-2].step == 5 and items[-2].total == 5
 
     run(body, "vid=tests.runner_fixtures:ProgressVideoRunner~family=video")
+
+
+def test_siblings_of_a_failed_request_fail_with_its_problem_not_a_cancellation(tmp_path: Path) -> None:
+    from ttmedia import problems
+    from ttmedia.runners.types import ImageRequest
+
+    async def body(pool: Any) -> None:
+        # Seed 1 runs on one worker while seed 0 fails on the other: the caller waits on seed 1
+        # first, and must get seed 0's problem from it, not a cancellation.
+        requests = [ImageRequest("x", seed=i, width=8, height=8) for i in (1, 0, 2, 3)]
+        try:
+            await pool.submit_all(requests)
+        except problems.Internal as exc:
+            assert "diverged" in exc.detail
+        else:
+            raise AssertionError("no failure")
+        await asyncio.sleep(1.2)  # seed 1 finishes on its device; its answer is dropped
+        assert not pool.pending and not any(w.inflight for w in pool.workers)
+
+    run(body, f"img=tests.runner_fixtures:FailingImageRunner@(0),(1)~family=image~log_dir={tmp_path}")

@@ -190,28 +190,37 @@ class ModelPool:
         try:
             for request in requests:
                 group.append(self._admit(request, stream=False, siblings=group if len(requests) > 1 else None))
-        except problems.Problem:
-            self._withdraw(group)
+        except problems.Problem as refused:
+            self._withdraw(group, refused)
             raise
         timeout = self.settings.request_processing_timeout_seconds
         # Timers on the futures, rather than wait_for(): no extra task per request.
         timers = [self.loop.call_later(timeout, self._expire, ticket) for ticket in group]
         try:
             return [await ticket.future for ticket in group]  # type: ignore[misc]
-        except BaseException:
-            self._withdraw(group)  # the client left (cancelled), or one failed and took the rest along
+        except asyncio.CancelledError:
+            self._withdraw(group)  # the client left
             raise
         finally:
             for timer in timers:
                 timer.cancel()
 
-    def _withdraw(self, group: list[Ticket]) -> None:
+    def _withdraw(self, group: list[Ticket], failure: BaseException | None = None) -> None:
         """Give up the requests of `group` that have no answer yet (a cancelled future: its
-        waiter was cancelled, and cancelled it)."""
+        waiter was cancelled, and cancelled it). With `failure`, they fail with it: the caller
+        still waits on them; without, nobody does."""
         waiting = [t for t in group if t.future is not None and (t.future.cancelled() or not t.future.done())]
         for ticket in waiting:
             ticket.siblings = None
-            ticket.future.cancel()  # type: ignore[union-attr]
+            future = ticket.future
+            assert future is not None
+            if future.done():
+                continue
+            if failure is None:
+                future.cancel()
+            else:
+                future.set_exception(failure)
+                future.exception()  # retrieved: only the first one awaited is raised
         for ticket in waiting:
             self._abandon(ticket, settle=False)  # all of them gone before anything is dispatched
         if waiting:
@@ -519,7 +528,7 @@ class ModelPool:
                 ticket.future.exception()  # mark retrieved: the waiter may be gone already
             if ticket.siblings:
                 # Now, before anything else is dispatched: its siblings' answers are useless.
-                self._withdraw(ticket.siblings)
+                self._withdraw(ticket.siblings, exc)
         elif ticket.chunks is not None:
             ticket.error = exc
             ticket.chunks.put_nowait(_STREAM_FAILED)
