@@ -131,3 +131,9 @@ class NotReady(Problem):
 
 class Timeout(Problem):
     status, reason = 504, "timeout"
+
+
+class InsufficientStorage(Problem):
+    """507: the disk (or quota) that must hold the job is full; retrying later may succeed."""
+
+    status, reason = 507, "insufficient_storage"
