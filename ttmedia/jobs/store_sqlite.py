@@ -370,7 +370,7 @@ class SqliteJobStore(JobStore):
                 self._event(conn, job_id, "cancel_requested", job.attempts)
             else:
                 return job, job.status is JobStatus.CANCELLING
-            return self._one(conn, job_id), True
+            return self._one(conn, job_id), job.status is JobStatus.IN_PROGRESS
 
     async def recover(self, max_attempts: int, everyone: bool = False) -> list[Recovered]:
         if self._conn is None:
