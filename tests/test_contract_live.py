@@ -50,6 +50,18 @@ def test_live_contract(mode: str, tmp_path: Path, capsys: pytest.CaptureFixture[
         assert "[FAIL]" not in err and "warming check" in err
 
 
+def test_live_contract_on_postgresql(pg_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """The ready-mode run against a server whose job store is PostgreSQL (the scale-out setup)."""
+    monkeypatch.setenv("JOB_STORE_URL", pg_url)
+    monkeypatch.setenv("ARTIFACT_DIR", str(tmp_path / "artifacts"))
+    run_contract("ready", MAX_EXAMPLES, 240, tmp_path / "report", capsys)
+    import psycopg
+
+    with psycopg.connect(pg_url) as conn:  # the fuzzer's jobs went to PostgreSQL
+        assert conn.execute("SELECT COUNT(*) FROM jobs").fetchone()[0] > 0
+
+
 def test_help_describes_modes(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exc:
         run.main(["--help"])
