@@ -33,7 +33,6 @@ from ttmedia.jobs.store import (
     NOTE_CANCEL,
     NOTE_NEW,
     TERMINAL,
-    UNFINISHED,
     JobStore,
     Recovered,
     StorageFull,
@@ -69,7 +68,6 @@ MIGRATIONS: list[str] = [
         WHERE idempotency_key IS NOT NULL;
     CREATE INDEX jobs_queued ON jobs (model, seq) WHERE status = 'queued';
     CREATE INDEX jobs_leased ON jobs (lease_expires_at) WHERE status IN ('in_progress', 'cancelling');
-    CREATE INDEX jobs_unfinished ON jobs (status) WHERE status IN ('queued', 'in_progress', 'cancelling');
     CREATE INDEX jobs_finished ON jobs (completed_at) WHERE completed_at IS NOT NULL;
     CREATE INDEX jobs_page ON jobs (job_type, seq);
     CREATE INDEX jobs_page_org ON jobs (job_type, org_id, seq);
@@ -93,8 +91,27 @@ MIGRATIONS: list[str] = [
     """,
 ]
 
-CLAIM_SQL = ("SELECT id FROM jobs WHERE status = 'queued' AND model = %s ORDER BY seq LIMIT 1 "
+#: Unfinished jobs, counted through the two partial indexes (queued; leased), never the table.
+COUNT_UNFINISHED = ("((SELECT COUNT(*) FROM jobs WHERE status = 'queued') + (SELECT COUNT(*) FROM jobs "
+                    "WHERE status IN ('in_progress', 'cancelling')))")
+#: The claim's search: ORDER BY (model, seq) is the order of the partial index jobs_queued, so
+#: the planner reads it there whatever the statistics say (ordering by seq alone, it may walk the
+#: whole table's seq index past every finished and running job).
+CLAIM_SQL = ("SELECT id FROM jobs WHERE status = 'queued' AND model = %s ORDER BY model, seq LIMIT 1 "
              "FOR UPDATE SKIP LOCKED")
+#: The whole claim in one statement (one round trip, its own transaction): take the row, own it
+#: with a lease, log the event.
+CLAIM = f"""
+WITH next AS ({CLAIM_SQL}),
+claimed AS (
+    UPDATE jobs SET status = 'in_progress', owner = %s, lease_expires_at = {NOW} + %s, attempts = attempts + 1,
+        started_at = %s, progress = 0, error_code = NULL, error_message = NULL
+    FROM next WHERE jobs.id = next.id RETURNING jobs.*),
+logged AS (
+    INSERT INTO job_events (job_id, at, replica, event, attempt)
+    SELECT id, {NOW}, owner, 'claimed', attempts FROM claimed)
+SELECT * FROM claimed
+"""
 
 
 class PostgresJobStore(JobStore):
@@ -209,20 +226,24 @@ class PostgresJobStore(JobStore):
         async with self._tx() as conn:
             # One admission at a time across the fleet: the count and the insert are one decision.
             await conn.execute("SELECT pg_advisory_xact_lock(%s)", (ADMISSION_LOCK,))
-            if job.idempotency_key:
-                existing = await (await conn.execute(
-                    "SELECT * FROM jobs WHERE job_type=%s AND org_id=%s AND idempotency_key=%s",
-                    (job.job_type.value, job.org_id, job.idempotency_key))).fetchone()
-                if existing is not None:
-                    return row_job(existing), False
-            count = await (await conn.execute("SELECT COUNT(*) AS n FROM jobs WHERE status IN (%s, %s, %s)",
-                                              UNFINISHED)).fetchone()
-            if count is not None and int(count["n"]) >= max_unfinished:
-                raise TooManyJobs(str(count["n"]))
+            found = await (await conn.execute(
+                f"SELECT {COUNT_UNFINISHED} AS n, "
+                "(SELECT id FROM jobs WHERE job_type=%s AND org_id=%s AND idempotency_key=%s) AS existing",
+                (job.job_type.value, job.org_id, job.idempotency_key))).fetchone()
+            assert found is not None
+            if found["existing"] is not None:
+                return await self._one(conn, found["existing"]), False
+            if int(found["n"]) >= max_unfinished:
+                raise TooManyJobs(str(found["n"]))
+            columns = ", ".join(values)
             inserted = await (await conn.execute(
-                f"INSERT INTO jobs ({', '.join(values)}) VALUES ({', '.join(['%s'] * len(values))}) "  # type: ignore[arg-type]
+                f"WITH inserted AS (INSERT INTO jobs ({columns}) VALUES ({', '.join(['%s'] * len(values))}) "  # type: ignore[arg-type]
                 "ON CONFLICT (job_type, org_id, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING "
-                "RETURNING id", tuple(values.values()))).fetchone()
+                "RETURNING id, model), "
+                f"logged AS (INSERT INTO job_events (job_id, at, replica, event, attempt) "
+                f"SELECT id, {NOW}, %s, 'created', 0 FROM inserted) "
+                "SELECT id, pg_notify(%s, %s || model) FROM inserted",
+                (*values.values(), self.replica, CHANNEL, f"{NOTE_NEW}:"))).fetchone()
             if inserted is None:  # the unique index decided (a concurrent create with this key)
                 return row_job(await (await conn.execute(
                     "SELECT * FROM jobs WHERE job_type=%s AND org_id=%s AND idempotency_key=%s",
@@ -231,8 +252,6 @@ class PostgresJobStore(JobStore):
                 async with conn.cursor() as cur:
                     await cur.executemany("INSERT INTO job_inputs (job_id, idx, data) VALUES (%s, %s, %b)",
                                           [(job.id, i, data) for i, data in enumerate(inputs)])
-            await self._event(conn, job.id, "created", 0)
-            await conn.execute("SELECT pg_notify(%s, %s)", (CHANNEL, f"{NOTE_NEW}:{job.model}"))
         return job, True
 
     async def get(self, job_id: str) -> Job | None:
@@ -266,23 +285,14 @@ class PostgresJobStore(JobStore):
         return [row_job(r) for r in rows[:limit]], len(rows) > limit
 
     async def count_unfinished(self) -> int:
-        rows = await self._all("SELECT COUNT(*) AS n FROM jobs WHERE status IN (%s, %s, %s)", *UNFINISHED)
+        rows = await self._all(f"SELECT {COUNT_UNFINISHED} AS n")
         return int(rows[0]["n"])
 
     # --- claims and leases ----------------------------------------------------------------------
 
     async def claim(self, model: str, lease_s: float) -> Job | None:
-        async with self._tx() as conn:
-            row = await (await conn.execute(CLAIM_SQL, (model,))).fetchone()
-            if row is None:
-                return None
-            await conn.execute(
-                f"UPDATE jobs SET status='in_progress', owner=%s, lease_expires_at={NOW} + %s, "
-                "attempts=attempts+1, started_at=%s, progress=0, error_code=NULL, error_message=NULL WHERE id=%s",
-                (self.replica, lease_s, time.time(), row["id"]))
-            job = await self._one(conn, row["id"])
-            await self._event(conn, job.id, "claimed", job.attempts)
-        return job
+        rows = await self._all(CLAIM, model, self.replica, lease_s, time.time())
+        return row_job(rows[0]) if rows else None
 
     async def renew(self, job_ids: list[str], lease_s: float) -> dict[str, str]:
         if not job_ids:
