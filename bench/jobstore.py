@@ -10,7 +10,8 @@
    which must search the partial index `jobs_queued`, not scan the table.
 
 Every PostgreSQL figure is also given as a ratio to SQLite's, measured in the same run.
-PostgreSQL is a throwaway server started here (PyPI `pgserver`), on the same two cores.
+PostgreSQL is a throwaway server started here (PyPI `pgserver`), pinned to the load core (as if on
+a host of its own), so the server core measures ttmedia alone.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.load import load
-from bench.servers import SERVER_CORE, free_port, http_status, pinned
+from bench.servers import LOAD_CORE, SERVER_CORE, free_port, http_status, pinned, pinning_available
 
 T2V = "Wan2.2-T2V-A14B-Diffusers"
 BODY = {"prompt": "a paper boat on a rainy street", "num_inference_steps": 20}
@@ -46,10 +47,31 @@ def postgres() -> Iterator[Any]:
         import pgserver
 
         server = pgserver.get_server(tempfile.mkdtemp(prefix="ttmedia-bench-pg-"), cleanup_mode="stop")
+    pin_postgres(server)
     try:
         yield server
     finally:
         server.cleanup()
+
+
+def pin_postgres(server: Any) -> None:
+    """PostgreSQL onto the load core, as if on a host of its own: the server's core measures
+    ttmedia alone. New backends inherit the postmaster's affinity."""
+    if not pinning_available():
+        return
+    postmaster = int(server.get_pid())
+    pids = [postmaster] + [int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit()
+                           and _parent(int(p.name)) == postmaster]
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            os.sched_setaffinity(pid, {int(LOAD_CORE)})
+
+
+def _parent(pid: int) -> int:
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    except (OSError, ValueError, IndexError):
+        return -1
 
 
 def fresh_database(server: Any, name: str) -> str:

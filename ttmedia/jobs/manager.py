@@ -205,12 +205,15 @@ class JobManager:
 
     async def _dispatch_loop(self) -> None:
         assert self._wake is not None
+        quiet_until = 0.0
         while True:
             self._wake.clear()
             try:
                 await self.dispatch()
             except Exception:  # a bug or a lost database must not stop every future job
-                log.exception("job dispatch failed")
+                if time.monotonic() >= quiet_until:  # once per 30 s while it keeps failing
+                    log.exception("job dispatch failed (next report in 30 s if it goes on)")
+                    quiet_until = time.monotonic() + 30
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), DISPATCH_TICK_S)
 

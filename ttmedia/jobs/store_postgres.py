@@ -56,7 +56,7 @@ NOW = "extract(epoch from clock_timestamp())"
 MIGRATIONS: list[str] = [
     """
     CREATE TABLE jobs (
-        seq bigint GENERATED ALWAYS AS IDENTITY UNIQUE,
+        seq bigint GENERATED ALWAYS AS IDENTITY,  -- insertion order; no index of its own (see CLAIM_SQL)
         id text PRIMARY KEY, job_type text NOT NULL, org_id text NOT NULL DEFAULT '',
         status text NOT NULL, model text NOT NULL, created_at double precision NOT NULL,
         started_at double precision, completed_at double precision, progress integer NOT NULL DEFAULT 0,
@@ -94,9 +94,9 @@ MIGRATIONS: list[str] = [
 #: Unfinished jobs, counted through the two partial indexes (queued; leased), never the table.
 COUNT_UNFINISHED = ("((SELECT COUNT(*) FROM jobs WHERE status = 'queued') + (SELECT COUNT(*) FROM jobs "
                     "WHERE status IN ('in_progress', 'cancelling')))")
-#: The claim's search: ORDER BY (model, seq) is the order of the partial index jobs_queued, so
-#: the planner reads it there whatever the statistics say (ordering by seq alone, it may walk the
-#: whole table's seq index past every finished and running job).
+#: The claim's search. Only the partial index jobs_queued (model, seq) gives this order: `seq`
+#: has no index of its own, so the planner cannot walk every finished and running job in seq
+#: order looking for a queued one (it would, with statistics that say most rows are queued).
 CLAIM_SQL = ("SELECT id FROM jobs WHERE status = 'queued' AND model = %s ORDER BY model, seq LIMIT 1 "
              "FOR UPDATE SKIP LOCKED")
 #: The whole claim in one statement (one round trip, its own transaction): take the row, own it
