@@ -172,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
     sq, pgr = results["sqlite"], results["postgresql"]
     print(f"\njob store, HTTP at c={args.connections} for {args.seconds:g} s each (server on core 0, default "
           f"logging to {logs}), claim with {args.queued} queued jobs\n")
-    print(f"| measurement | SQLite | PostgreSQL | PostgreSQL / SQLite |\n|---|---|---|---|")
+    print("| measurement | SQLite | PostgreSQL | PostgreSQL / SQLite |\n|---|---|---|---|")
     for key, label in (("create", "job creation, req/s"), ("poll", "status poll, req/s")):
         print(f"| {label} | {sq[key].rps:,.0f} | {pgr[key].rps:,.0f} | {pgr[key].rps / sq[key].rps:.2f}x |")
         print(f"| {key} p99, ms | {sq[key].p99_ms:.1f} | {pgr[key].p99_ms:.1f} | "
