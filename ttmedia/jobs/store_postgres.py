@@ -20,7 +20,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import orjson
@@ -28,6 +28,7 @@ import psycopg
 from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
 
+from ttmedia import problems
 from ttmedia.jobs.models import Job, JobStatus, JobType, check_transition
 from ttmedia.jobs.store import (
     NOTE_CANCEL,
@@ -52,6 +53,7 @@ CHANNEL = "ttmedia_jobs"
 MIGRATION_LOCK = 7_202_611_601
 ADMISSION_LOCK = 7_202_611_602
 NOW = "extract(epoch from clock_timestamp())"
+POOL_TIMEOUT_S = 3.0
 
 MIGRATIONS: list[str] = [
     """
@@ -114,6 +116,20 @@ SELECT * FROM claimed
 """
 
 
+@contextlib.contextmanager
+def _translated() -> Iterator[None]:
+    """psycopg's errors in the store's vocabulary: a full disk (507 on creation) and an
+    unreachable database (503 job_store_unavailable, with Retry-After) are not bugs."""
+    try:
+        yield
+    except psycopg.errors.DiskFull as exc:
+        raise StorageFull(f"the job store's disk is full: {exc}") from exc
+    except psycopg.OperationalError as exc:  # connection refused or lost, pool exhausted
+        raise problems.JobStoreUnavailable(
+            f"The job store (PostgreSQL) cannot be reached: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}."
+        ) from exc
+
+
 class PostgresJobStore(JobStore):
     backend = "postgresql"
     exclusive = False
@@ -121,8 +137,12 @@ class PostgresJobStore(JobStore):
     def __init__(self, url: str, replica: str, pool_size: int = 5) -> None:
         super().__init__(replica)
         self.url = url
+        # A request waits at most POOL_TIMEOUT_S for a connection (then 503 job_store_unavailable),
+        # not psycopg's default 30 s.
         self.pool = AsyncConnectionPool(url, min_size=1, max_size=max(1, pool_size), open=False,
-                                        kwargs={"autocommit": True, "row_factory": dict_row})
+                                        timeout=POOL_TIMEOUT_S,
+                                        kwargs={"autocommit": True, "row_factory": dict_row,
+                                                "connect_timeout": int(POOL_TIMEOUT_S)})
         self._open = False
         self._listen_task: asyncio.Task[None] | None = None
         self.listening = asyncio.Event()
@@ -190,18 +210,14 @@ class PostgresJobStore(JobStore):
 
     @contextlib.asynccontextmanager
     async def _tx(self) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
-        try:
+        with _translated():
             async with self.pool.connection() as conn, conn.transaction():
                 yield conn
-        except psycopg.errors.DiskFull as exc:
-            raise StorageFull(f"the job store's disk is full: {exc}") from exc
 
     async def _all(self, sql: str, *args: Any) -> list[dict[str, Any]]:
-        try:
+        with _translated():
             async with self.pool.connection() as conn:
                 return await (await conn.execute(sql, args)).fetchall()  # type: ignore[return-value]
-        except psycopg.errors.DiskFull as exc:
-            raise StorageFull(f"the job store's disk is full: {exc}") from exc
 
     @staticmethod
     async def _one(conn: psycopg.AsyncConnection[Any], job_id: str) -> Job:
@@ -264,9 +280,10 @@ class PostgresJobStore(JobStore):
         return row_job(rows[0]) if rows else None
 
     async def inputs(self, job_id: str) -> list[bytes]:
-        async with self.pool.connection() as conn, conn.cursor(binary=True) as cur:
-            await cur.execute("SELECT data FROM job_inputs WHERE job_id=%s ORDER BY idx", (job_id,))
-            return [bytes(r["data"]) for r in await cur.fetchall()]
+        with _translated():
+            async with self.pool.connection() as conn, conn.cursor(binary=True) as cur:
+                await cur.execute("SELECT data FROM job_inputs WHERE job_id=%s ORDER BY idx", (job_id,))
+                return [bytes(r["data"]) for r in await cur.fetchall()]
 
     async def page(self, job_type: JobType, org_id: str | None, limit: int,
                    after: str | None) -> tuple[list[Job], bool]:
