@@ -311,3 +311,27 @@ def test_job_store_url_is_checked() -> None:
     with pytest.raises(ValueError):
         open_store("redis://x", ".", "a")
     assert open_store("sqlite:///tmp/x/jobs.db", ".", "a").db_path == Path("/tmp/x/jobs.db")  # type: ignore[attr-defined]
+
+
+def test_max_jobs_holds_across_replicas_creating_at_once(pg_url: str, tmp_path: Path) -> None:
+    async def scenario() -> None:
+        stores = [open_store(pg_url, tmp_path, f"r{i}") for i in range(4)]
+        for s in stores:
+            await s.open_if_exists()
+
+        async def fill(store: JobStore) -> int:
+            made = 0
+            for _ in range(10):
+                try:
+                    await store.create(new_job(), [], max_unfinished=15)
+                    made += 1
+                except TooManyJobs:
+                    pass
+            return made
+
+        made = await asyncio.gather(*(fill(s) for s in stores))
+        assert sum(made) == 15 and await stores[0].count_unfinished() == 15, made
+        for s in stores:
+            await s.close()
+
+    run(scenario())
