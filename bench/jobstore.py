@@ -119,7 +119,15 @@ def http_rows(url: str, seconds: float, connections: int) -> dict[str, Any]:
     with urllib.request.urlopen(request) as resp:
         job_id = json.load(resp)["id"]
     poll = load(f"{url}/v1/videos/generations/{job_id}", None, connections, seconds)
-    return {"create": create, "poll": poll}
+    import httpx
+
+    one_by_one = []
+    with httpx.Client(base_url=url) as client:  # one client, one request at a time: the latency floor
+        for _ in range(200):
+            started = time.perf_counter()
+            client.get(f"/v1/videos/generations/{job_id}")
+            one_by_one.append(time.perf_counter() - started)
+    return {"create": create, "poll": poll, "sequential_p50_ms": statistics.median(one_by_one) * 1000}
 
 
 async def claim_latency(store_url: str, data_dir: str, queued: int) -> dict[str, Any]:
@@ -177,6 +185,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"| {label} | {sq[key].rps:,.0f} | {pgr[key].rps:,.0f} | {pgr[key].rps / sq[key].rps:.2f}x |")
         print(f"| {key} p99, ms | {sq[key].p99_ms:.1f} | {pgr[key].p99_ms:.1f} | "
               f"{pgr[key].p99_ms / sq[key].p99_ms:.2f}x |")
+    print(f"| status poll one at a time, p50 ms | {sq['sequential_p50_ms']:.2f} | {pgr['sequential_p50_ms']:.2f} | "
+          f"{pgr['sequential_p50_ms'] / sq['sequential_p50_ms']:.2f}x |")
     for key, label in (("p50_ms", "claim p50, ms"), ("p99_ms", "claim p99, ms")):
         print(f"| {label} | {sq['claim'][key]:.3f} | {pgr['claim'][key]:.3f} | "
               f"{pgr['claim'][key] / sq['claim'][key]:.2f}x |")
