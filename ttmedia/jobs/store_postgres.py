@@ -240,6 +240,12 @@ class PostgresJobStore(JobStore):
     async def create(self, job: Job, inputs: list[bytes], max_unfinished: int) -> tuple[Job, bool]:
         values = job_row(job)
         async with self._tx() as conn:
+            if inputs:
+                # Written before the admission lock is taken, so a 10 MB upload does not hold up
+                # every other replica's creations; a refused job's rows roll back with it.
+                async with conn.cursor() as cur:
+                    await cur.executemany("INSERT INTO job_inputs (job_id, idx, data) VALUES (%s, %s, %b)",
+                                          [(job.id, i, data) for i, data in enumerate(inputs)])
             # One admission at a time across the fleet: the count and the insert are one decision.
             await conn.execute("SELECT pg_advisory_xact_lock(%s)", (ADMISSION_LOCK,))
             found = await (await conn.execute(
@@ -248,6 +254,7 @@ class PostgresJobStore(JobStore):
                 (job.job_type.value, job.org_id, job.idempotency_key))).fetchone()
             assert found is not None
             if found["existing"] is not None:
+                await conn.execute("DELETE FROM job_inputs WHERE job_id=%s", (job.id,))
                 return await self._one(conn, found["existing"]), False
             if int(found["n"]) >= max_unfinished:
                 raise TooManyJobs(str(found["n"]))
@@ -261,13 +268,10 @@ class PostgresJobStore(JobStore):
                 "SELECT id, pg_notify(%s, %s || model) FROM inserted",
                 (*values.values(), self.replica, CHANNEL, f"{NOTE_NEW}:"))).fetchone()
             if inserted is None:  # the unique index decided (a concurrent create with this key)
+                await conn.execute("DELETE FROM job_inputs WHERE job_id=%s", (job.id,))
                 return row_job(await (await conn.execute(
                     "SELECT * FROM jobs WHERE job_type=%s AND org_id=%s AND idempotency_key=%s",
                     (job.job_type.value, job.org_id, job.idempotency_key))).fetchone()), False
-            if inputs:
-                async with conn.cursor() as cur:
-                    await cur.executemany("INSERT INTO job_inputs (job_id, idx, data) VALUES (%s, %s, %b)",
-                                          [(job.id, i, data) for i, data in enumerate(inputs)])
         return job, True
 
     async def get(self, job_id: str) -> Job | None:
