@@ -25,6 +25,7 @@ from __future__ import annotations
 import errno
 import os
 import socket
+import time
 import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Callable
@@ -34,7 +35,7 @@ from typing import Any
 
 import orjson
 
-from ttmedia.jobs.models import Job, JobStatus, JobType
+from ttmedia.jobs.models import SERVER_RESTART, Job, JobStatus, JobType
 
 #: Statuses that hold a lease (a replica runs them), and those that count towards MAX_JOBS.
 LEASED = (JobStatus.IN_PROGRESS.value, JobStatus.CANCELLING.value)
@@ -246,3 +247,29 @@ def settled_status(current: str, outcome: str) -> str:
         return JobStatus.CANCELLED.value
     return {COMPLETED: JobStatus.COMPLETED.value, FAILED: JobStatus.FAILED.value,
             REQUEUE: JobStatus.QUEUED.value, REQUEUE_FREE: JobStatus.QUEUED.value}[outcome]
+
+
+def settle_fields(status: str, outcome: str, attempt: int, fields: dict[str, Any]) -> dict[str, Any]:
+    update: dict[str, Any] = {"status": status}
+    if status == "queued":
+        update.update(progress=0, owner=None, lease_expires_at=None)
+        if outcome == REQUEUE_FREE:  # a deploy is not the job's fault: this start is not counted
+            update["attempts"] = max(0, attempt - 1)
+    else:
+        update.update(completed_at=fields.pop("completed_at", time.time()), lease_expires_at=None)
+        if status == "cancelled":
+            fields = {k: v for k, v in fields.items() if k not in ("error_code", "error_message", "result")}
+        update.update(fields)
+    return update
+
+
+def recovery(job: Job, max_attempts: int) -> tuple[dict[str, Any], str]:
+    """What an expired lease leads to: (fields to set, outcome)."""
+    now = time.time()
+    if job.status is JobStatus.CANCELLING:
+        return {"status": "cancelled", "completed_at": now, "lease_expires_at": None}, "cancelled"
+    if job.attempts >= max_attempts:
+        return {"status": "failed", "completed_at": now, "lease_expires_at": None, "error_code": SERVER_RESTART,
+                "error_message": f"Job interrupted by a server restart after {job.attempts} attempt(s); "
+                                 "giving up."}, "failed"
+    return {"status": "queued", "progress": 0, "owner": None, "lease_expires_at": None}, "requeued"

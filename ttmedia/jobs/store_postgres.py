@@ -41,10 +41,11 @@ from ttmedia.jobs.store import (
     UnknownCursor,
     encode_fields,
     job_row,
+    recovery,
     row_job,
+    settle_fields,
     settled_status,
 )
-from ttmedia.jobs.store_sqlite import _settle_fields, recovery
 
 log = logging.getLogger("ttmedia.jobs")
 
@@ -338,7 +339,7 @@ class PostgresJobStore(JobStore):
                 return None
             status = settled_status(row["status"], outcome)
             check_transition(JobStatus(row["status"]), JobStatus(status))
-            await self._set(conn, job_id, _settle_fields(status, outcome, attempt, dict(fields)))
+            await self._set(conn, job_id, settle_fields(status, outcome, attempt, dict(fields)))
             await self._event(conn, job_id, status if status != "queued" else outcome, attempt,
                               fields.get("error_message"))
             return await self._one(conn, job_id)

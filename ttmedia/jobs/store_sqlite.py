@@ -31,12 +31,11 @@ from typing import IO, Any, TypeVar
 
 import orjson
 
-from ttmedia.jobs.models import SERVER_RESTART, Job, JobStatus, JobType, check_transition
+from ttmedia.jobs.models import Job, JobStatus, JobType, check_transition
 from ttmedia.jobs.store import (
     LEASED,
     NOTE_CANCEL,
     NOTE_NEW,
-    REQUEUE_FREE,
     TERMINAL,
     UNFINISHED,
     JobStore,
@@ -48,6 +47,8 @@ from ttmedia.jobs.store import (
     encode_fields,
     job_row,
     row_job,
+    recovery,
+    settle_fields,
     settled_status,
 )
 
@@ -348,7 +349,7 @@ class SqliteJobStore(JobStore):
                 return None
             status = settled_status(row["status"], outcome)
             check_transition(JobStatus(row["status"]), JobStatus(status))
-            update = _settle_fields(status, outcome, attempt, fields)
+            update = settle_fields(status, outcome, attempt, fields)
             self._set(conn, job_id, update)
             self._event(conn, job_id, status if status != "queued" else outcome, attempt, fields.get("error_message"))
             return self._one(conn, job_id)
@@ -524,29 +525,3 @@ def _migrate(conn: sqlite3.Connection) -> None:
             conn.execute("ROLLBACK")
             raise
         conn.execute("COMMIT")
-
-
-def _settle_fields(status: str, outcome: str, attempt: int, fields: dict[str, Any]) -> dict[str, Any]:
-    update: dict[str, Any] = {"status": status}
-    if status == "queued":
-        update.update(progress=0, owner=None, lease_expires_at=None)
-        if outcome == REQUEUE_FREE:  # a deploy is not the job's fault: this start is not counted
-            update["attempts"] = max(0, attempt - 1)
-    else:
-        update.update(completed_at=fields.pop("completed_at", time.time()), lease_expires_at=None)
-        if status == "cancelled":
-            fields = {k: v for k, v in fields.items() if k not in ("error_code", "error_message", "result")}
-        update.update(fields)
-    return update
-
-
-def recovery(job: Job, max_attempts: int) -> tuple[dict[str, Any], str]:
-    """What an expired lease leads to: (fields to set, outcome)."""
-    now = time.time()
-    if job.status is JobStatus.CANCELLING:
-        return {"status": "cancelled", "completed_at": now, "lease_expires_at": None}, "cancelled"
-    if job.attempts >= max_attempts:
-        return {"status": "failed", "completed_at": now, "lease_expires_at": None, "error_code": SERVER_RESTART,
-                "error_message": f"Job interrupted by a server restart after {job.attempts} attempt(s); "
-                                 "giving up."}, "failed"
-    return {"status": "queued", "progress": 0, "owner": None, "lease_expires_at": None}, "requeued"
