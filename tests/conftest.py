@@ -18,3 +18,36 @@ def media_client() -> Iterator[Any]:
     """
     with app_client(models="") as client:
         yield client
+
+
+# --- a real PostgreSQL for the job-store tests -----------------------------------------------------
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[Any]:
+    """A throwaway PostgreSQL 16 (PyPI `pgserver`: bundled binaries, initdb in a temp directory),
+    started once per session and stopped at its end."""
+    import tempfile
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # platformdirs: XDG_RUNTIME_DIR unset
+        import pgserver
+
+        server = pgserver.get_server(tempfile.mkdtemp(prefix="ttmedia-pg-"), cleanup_mode="stop")
+    try:
+        yield server
+    finally:
+        server.cleanup()
+
+
+@pytest.fixture
+def pg_url(postgres: Any) -> str:
+    """A fresh, empty database on the session's PostgreSQL: its URL (JOB_STORE_URL)."""
+    import uuid
+
+    import psycopg
+
+    name = f"ttmedia_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(postgres.get_uri(), autocommit=True) as conn:
+        conn.execute(f"CREATE DATABASE {name}")
+    return str(postgres.get_uri(name))

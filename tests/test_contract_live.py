@@ -31,10 +31,10 @@ def _junit_failures(report_dir: Path) -> list[str]:
 
 
 def run_contract(mode: str, max_examples: int, timeout_s: int, report_dir: Path,
-                 capsys: pytest.CaptureFixture[str]) -> tuple[str, str]:
+                 capsys: pytest.CaptureFixture[str], st_args: tuple[str, ...] = ()) -> tuple[str, str]:
     """One `contract.run` in `mode`; assert it wrote its report and passed. Its (stdout, stderr)."""
     code = run.main(["--mode", mode, "--max-examples", str(max_examples), "--report-dir", str(report_dir),
-                     "--timeout", str(timeout_s)])
+                     "--timeout", str(timeout_s), *(["--", *st_args] if st_args else [])])
     out, err = capsys.readouterr()
     assert (report_dir / "junit.xml").is_file(), f"no JUnit report\n{err[-3000:]}"
     failures = _junit_failures(report_dir)
@@ -48,6 +48,22 @@ def test_live_contract(mode: str, tmp_path: Path, capsys: pytest.CaptureFixture[
     _, err = run_contract(mode, MAX_EXAMPLES, 240, tmp_path, capsys)
     if mode == "warming":
         assert "[FAIL]" not in err and "warming check" in err
+
+
+def test_live_contract_on_postgresql(pg_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """The ready-mode run against a server whose job store is PostgreSQL (the scale-out setup), on
+    the operations the store serves (every job route, link chains included); the other routes do
+    not touch the store and are fuzzed by the runs above."""
+    monkeypatch.setenv("JOB_STORE_URL", pg_url)
+    monkeypatch.setenv("ARTIFACT_DIR", str(tmp_path / "artifacts"))
+    out, _ = run_contract("ready", MAX_EXAMPLES, 240, tmp_path / "report", capsys,
+                          st_args=("--include-tag-regex", "^(videos|fine_tuning)$"))
+    assert "Selected: 16/" in out  # every job operation (videos 7, fine-tuning 9), nothing else
+    import psycopg
+
+    with psycopg.connect(pg_url) as conn:  # the fuzzer's jobs went to PostgreSQL
+        assert conn.execute("SELECT COUNT(*) FROM jobs").fetchone()[0] > 0
 
 
 def test_help_describes_modes(capsys: pytest.CaptureFixture[str]) -> None:

@@ -3,6 +3,7 @@ the attempts bound, stale-job and retention sweeps."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import time
@@ -12,7 +13,7 @@ from typing import Any
 import httpx
 from helpers import app_client, live_server, wait_until
 
-from ttmedia.jobs.kinds import VIDEO_FILE, job_dir
+from ttmedia.jobs.kinds import VIDEO_FILE
 from ttmedia.jobs.manager import JobManager
 from ttmedia.jobs.models import Job, JobStatus, JobType, new_job_id
 from ttmedia.media.video import probe_mp4
@@ -101,58 +102,68 @@ def _manager(tmp_path: Path, **overrides: Any) -> JobManager:
     return JobManager(Settings(data_dir=str(tmp_path), **overrides), scheduler=None)  # type: ignore[arg-type]
 
 
-def _insert(manager: JobManager, status: JobStatus, attempts: int = 1, **fields: Any) -> str:
+async def _insert(manager: JobManager, status: JobStatus, attempts: int = 1, **fields: Any) -> str:
     job = Job(id=new_job_id(), job_type=JobType.VIDEO, model=T2V, created_at=time.time(),
               request_parameters={"prompt": "p"}, status=status, attempts=attempts, **fields)
-    manager.store.create(job, [])
+    await manager.store.create(job, [], max_unfinished=100)
     return job.id
 
 
 def test_recovery_bounds_attempts(tmp_path: Path) -> None:
-    manager = _manager(tmp_path, job_max_attempts=2)
-    retry = _insert(manager, JobStatus.IN_PROGRESS, attempts=1, started_at=time.time())
-    exhausted = _insert(manager, JobStatus.IN_PROGRESS, attempts=2, started_at=time.time())
-    cancelling = _insert(manager, JobStatus.CANCELLING)
-    queued = _insert(manager, JobStatus.QUEUED, attempts=0)
-    manager.recover()
-    get = manager.store.get
-    assert get(retry).status is JobStatus.QUEUED  # type: ignore[union-attr]
-    failed = get(exhausted)
-    assert failed is not None and failed.status is JobStatus.FAILED and failed.error_code == "server_restart"
-    assert get(cancelling).status is JobStatus.CANCELLED  # type: ignore[union-attr]
-    assert get(queued).status is JobStatus.QUEUED  # type: ignore[union-attr]
-    manager.store.close()
+    async def run() -> None:
+        manager = _manager(tmp_path, job_max_attempts=2)
+        retry = await _insert(manager, JobStatus.IN_PROGRESS, attempts=1, started_at=time.time())
+        exhausted = await _insert(manager, JobStatus.IN_PROGRESS, attempts=2, started_at=time.time())
+        cancelling = await _insert(manager, JobStatus.CANCELLING)
+        queued = await _insert(manager, JobStatus.QUEUED, attempts=0)
+        await manager.store.recover(2, everyone=True)  # what start() does on the embedded store
+        get = manager.store.get
+        assert (await get(retry)).status is JobStatus.QUEUED  # type: ignore[union-attr]
+        failed = await get(exhausted)
+        assert failed is not None and failed.status is JobStatus.FAILED and failed.error_code == "server_restart"
+        assert (await get(cancelling)).status is JobStatus.CANCELLED  # type: ignore[union-attr]
+        assert (await get(queued)).status is JobStatus.QUEUED  # type: ignore[union-attr]
+        await manager.store.close()
+
+    asyncio.run(run())
 
 
 def test_sweep_fails_stale_jobs_and_deletes_expired_ones(tmp_path: Path) -> None:
-    manager = _manager(tmp_path, job_max_stuck_time_seconds=60, job_retention_seconds=3600)
-    now = time.time()
-    stale = _insert(manager, JobStatus.IN_PROGRESS, started_at=now - 120)
-    fresh = _insert(manager, JobStatus.IN_PROGRESS, started_at=now - 5)
-    expired = _insert(manager, JobStatus.COMPLETED, completed_at=now - 7200)
-    kept = _insert(manager, JobStatus.COMPLETED, completed_at=now - 60)
-    output = job_dir(manager.store.data_dir, expired) / VIDEO_FILE
-    output.parent.mkdir(parents=True)
-    output.write_bytes(b"mp4")
-    manager.sweep()
-    failed = manager.store.get(stale)
-    assert failed is not None and failed.status is JobStatus.FAILED and failed.error_code == "stale_job"
-    assert manager.store.get(fresh).status is JobStatus.IN_PROGRESS  # type: ignore[union-attr]
-    assert manager.store.get(expired) is None and not output.parent.exists()
-    assert manager.store.get(kept) is not None
-    manager.store.close()
+    async def run() -> None:
+        manager = _manager(tmp_path, job_max_stuck_time_seconds=60, job_retention_seconds=3600)
+        now = time.time()
+        stale = await _insert(manager, JobStatus.IN_PROGRESS, started_at=now - 120)
+        fresh = await _insert(manager, JobStatus.IN_PROGRESS, started_at=now - 5)
+        expired = await _insert(manager, JobStatus.COMPLETED, completed_at=now - 7200)
+        kept = await _insert(manager, JobStatus.COMPLETED, completed_at=now - 60)
+        output = manager.artifacts.staging_dir(expired) / VIDEO_FILE
+        output.parent.mkdir(parents=True)
+        output.write_bytes(b"mp4")
+        await manager.sweep()
+        failed = await manager.store.get(stale)
+        assert failed is not None and failed.status is JobStatus.FAILED and failed.error_code == "stale_job"
+        assert (await manager.store.get(fresh)).status is JobStatus.IN_PROGRESS  # type: ignore[union-attr]
+        assert await manager.store.get(expired) is None and not output.parent.exists()
+        assert await manager.store.get(kept) is not None
+        await manager.store.close()
+
+    asyncio.run(run())
 
 
 def test_second_server_on_the_same_data_dir_is_refused(tmp_path: Path) -> None:
     import pytest
 
-    from ttmedia.jobs.store import JobStore, StoreLocked
+    from ttmedia.jobs.store import StoreLocked
+    from ttmedia.jobs.store_sqlite import SqliteJobStore
 
-    first = _manager(tmp_path)
-    _insert(first, JobStatus.QUEUED)
-    with pytest.raises(StoreLocked):
-        JobStore(tmp_path).open_if_exists()
-    first.store.close()
-    again = JobStore(tmp_path)
-    assert again.open_if_exists()
-    again.close()
+    async def run() -> None:
+        first = _manager(tmp_path)
+        await _insert(first, JobStatus.QUEUED)
+        with pytest.raises(StoreLocked):
+            await SqliteJobStore(tmp_path, "second").open_if_exists()
+        await first.store.close()
+        again = SqliteJobStore(tmp_path, "third")
+        assert await again.open_if_exists()
+        await again.close()
+
+    asyncio.run(run())

@@ -23,9 +23,19 @@ SETTINGS = {"models": f"{T2V};{I2V};Llama-3.2-3B-Instruct", "sim_speed": 0.1, "s
 TERMINAL = {"completed", "failed", "cancelled"}
 
 
-@pytest.fixture(scope="module")
-def client(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
-    with app_client(data_dir=str(tmp_path_factory.mktemp("data")), **SETTINGS) as c:
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def client(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """The whole module runs on both job stores (a real PostgreSQL from tests/conftest.py)."""
+    store = {}
+    if request.param == "postgresql":
+        import psycopg
+
+        server = request.getfixturevalue("postgres")
+        name = f"videos_{tmp_path_factory.mktemp('pg').name.replace('-', '_')}"
+        with psycopg.connect(server.get_uri(), autocommit=True) as conn:
+            conn.execute(f"CREATE DATABASE {name}")
+        store = {"job_store_url": server.get_uri(name)}
+    with app_client(data_dir=str(tmp_path_factory.mktemp("data")), **SETTINGS, **store) as c:
         yield c
 
 

@@ -16,11 +16,11 @@ from ttmedia.app import load_spec
 from ttmedia.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
-MANIFESTS = sorted((ROOT / "deploy" / "kubernetes").glob("*.yaml"))
+MANIFESTS = sorted((ROOT / "deploy" / "kubernetes").rglob("*.yaml"))
 K8S_VERSION = "1.33.0"
 
 
-@pytest.mark.parametrize("path", MANIFESTS, ids=lambda p: p.name)
+@pytest.mark.parametrize("path", MANIFESTS, ids=lambda p: str(p.relative_to(ROOT / "deploy" / "kubernetes")))
 def test_manifests_validate_against_kubernetes_schemas(path):
     for document in yaml.safe_load_all(path.read_text()):
         validate(document, K8S_VERSION, strict=True)
@@ -42,6 +42,37 @@ def test_deployment_probes_and_grace_period_match_the_server():
     drain = float(yaml.safe_load((ROOT / "deploy/kubernetes/configmap.yaml").read_text())["data"]["DRAIN_GRACE_SECONDS"])
     assert spec["terminationGracePeriodSeconds"] > drain
     assert {"configMapRef", "secretRef"} <= {k for ref in container["envFrom"] for k in ref}
+
+
+def test_replica_manifests_spread_share_and_drain():
+    """deploy/kubernetes/replicas: N replicas, never two on one host, one RWX artifact volume,
+    the job store from a Secret, a PodDisruptionBudget, and a preStop pause before the drain."""
+    folder = ROOT / "deploy/kubernetes/replicas"
+    deployment = yaml.safe_load((folder / "deployment.yaml").read_text())
+    labels = deployment["spec"]["selector"]["matchLabels"]
+    pod = deployment["spec"]["template"]["spec"]
+    assert deployment["spec"]["replicas"] > 1 and deployment["spec"]["strategy"]["rollingUpdate"]["maxSurge"] == 0
+    anti = pod["affinity"]["podAntiAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
+    assert any(term["topologyKey"] == "kubernetes.io/hostname" for term in anti)
+    assert any(c["topologyKey"] == "kubernetes.io/hostname" and c["whenUnsatisfiable"] == "DoNotSchedule"
+               for c in pod["topologySpreadConstraints"])
+    container = pod["containers"][0]
+    env = {e["name"]: e for e in container["env"]}
+    assert env["JOB_STORE_URL"]["valueFrom"]["secretKeyRef"]["name"] == "ttmedia-job-store"
+    mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
+    assert mounts["artifacts"] == env["ARTIFACT_DIR"]["value"]
+    claim = next(v for v in pod["volumes"] if v["name"] == "artifacts")["persistentVolumeClaim"]["claimName"]
+    pvc = yaml.safe_load((folder / "pvc.yaml").read_text())
+    assert pvc["metadata"]["name"] == claim and pvc["spec"]["accessModes"] == ["ReadWriteMany"]
+    secret = yaml.safe_load((folder / "secret.yaml").read_text())
+    assert secret["stringData"]["JOB_STORE_URL"].startswith("postgresql://")
+    Settings(job_store_url=secret["stringData"]["JOB_STORE_URL"])  # a URL the server accepts
+    pre_stop = float(container["lifecycle"]["preStop"]["exec"]["command"][-1])
+    drain = float(yaml.safe_load((ROOT / "deploy/kubernetes/configmap.yaml").read_text())["data"]["DRAIN_GRACE_SECONDS"])
+    assert pod["terminationGracePeriodSeconds"] > pre_stop + drain
+    pdb = yaml.safe_load((folder / "pdb.yaml").read_text())
+    service = yaml.safe_load((folder / "service.yaml").read_text())
+    assert pdb["spec"]["selector"]["matchLabels"] == labels == service["spec"]["selector"]
 
 
 def test_every_response_carries_a_request_id_and_a_given_one_is_echoed():

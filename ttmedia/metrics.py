@@ -8,7 +8,7 @@ disagree with /tt-liveness.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -84,7 +84,17 @@ class SchedulerCollector(Collector):
                                        labels=["model", "devices"])
         errors = CounterMetricFamily("ttmedia_worker_errors", "Runner errors and init failures per worker.",
                                      labels=["model", "devices"])
+        # The Gateway API Inference Extension's model-server protocol, with vLLM's names and
+        # meaning: waiting = queued in the scheduler (including calls sent ahead that a busy
+        # worker has not started); running = on the devices now. `model_name` as vLLM labels it.
+        waiting = GaugeMetricFamily("vllm:num_requests_waiting", "Requests waiting to be scheduled on a device.",
+                                    labels=["model_name"])
+        running = GaugeMetricFamily("vllm:num_requests_running", "Requests running on the devices.",
+                                    labels=["model_name"])
         for name, pool in self.scheduler.pools.items():
+            ahead, on_device = queued_and_running(pool)
+            waiting.add_metric([name], len(pool.pending) + ahead)
+            running.add_metric([name], on_device)
             depth.add_metric([name], len(pool.pending))
             inflight.add_metric([name], sum(len(w.inflight) for w in pool.workers))
             current = pool.state()
@@ -95,4 +105,12 @@ class SchedulerCollector(Collector):
                     worker_state.add_metric([name, w.worker_id, state.value], 1.0 if w.state is state else 0.0)
                 restarts.add_metric([name, w.worker_id], w.restart_count)
                 errors.add_metric([name, w.worker_id], w.error_count)
-        yield from (depth, inflight, model_state, worker_state, restarts, errors)
+        yield from (depth, inflight, model_state, worker_state, restarts, errors, waiting, running)
+
+
+def queued_and_running(pool: Any) -> tuple[int, int]:
+    """(requests sent ahead to a busy worker but not started, requests on the devices), read
+    from the pool's workers without changing them."""
+    ahead = sum(len(tickets) for w in pool.workers for _call_id, tickets in w.calls_ahead)
+    held = sum(len(w.inflight) for w in pool.workers)
+    return ahead, held - ahead

@@ -131,3 +131,18 @@ class NotReady(Problem):
 
 class Timeout(Problem):
     status, reason = 504, "timeout"
+
+
+class JobStoreUnavailable(Problem):
+    """503: the shared job store (PostgreSQL) cannot be reached; the devices may be fine."""
+
+    status, reason = 503, "job_store_unavailable"
+
+    def __init__(self, detail: str, retry_after: float = 5) -> None:
+        super().__init__(detail, headers=retry_after_header(retry_after))
+
+
+class InsufficientStorage(Problem):
+    """507: the disk (or quota) that must hold the job is full; retrying later may succeed."""
+
+    status, reason = 507, "insufficient_storage"

@@ -63,6 +63,16 @@ class Settings(BaseSettings):
 
     # --- long-running jobs (video, fine-tuning) --------------------------------------------------
     data_dir: str = Field(default="./data", description="Jobs database (jobs.db) and job outputs.")
+    job_store_url: str = Field(default="", pattern=r"^(|sqlite:.*|postgres(ql)?://.*)$",
+                               description="Unset or sqlite:///…: SQLite in DATA_DIR; postgresql://…: shared.")
+    artifact_dir: str = Field(default="", description="Job outputs (MP4s, checkpoints); default DATA_DIR.")
+    replica_id: str = Field(default="", description="This replica's name in the job store (default host-pid).")
+    job_lease_seconds: float = Field(default=30.0, ge=0.3, le=3600,
+                                     description="A running job's lease; renewed every third of it.")
+    job_store_pool_size: int = Field(default=5, ge=1, le=100, description="PostgreSQL connections per replica.")
+    job_store_checkpoint_seconds: float = Field(default=60.0, gt=0, description="SQLite WAL checkpoint period.")
+    job_download_hold_seconds: float = Field(default=60.0, gt=0,
+                                             description="A download keeps the retention sweep off its file this long.")
     job_max_attempts: int = Field(default=3, ge=1, description="Starts per job (restarts, lost workers).")
     job_retention_seconds: float = Field(default=86400.0, gt=0)
     job_max_stuck_time_seconds: float = Field(default=10800.0, gt=0)

@@ -3,11 +3,9 @@ and file downloads with single byte ranges."""
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import time
 from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import orjson
@@ -16,11 +14,10 @@ from starlette.responses import Response, StreamingResponse
 
 from ttmedia import problems
 from ttmedia.http import json_response
+from ttmedia.jobs.artifacts import ArtifactReader
 from ttmedia.jobs.models import Job, JobType, new_job_id
 from ttmedia.jobs.store import UnknownCursor
 from ttmedia.runtime import current
-
-_CHUNK = 256 * 1024
 
 
 def request_hash(*parts: Any) -> str:
@@ -32,29 +29,29 @@ def request_hash(*parts: Any) -> str:
     return digest.hexdigest()
 
 
-def create_job(job_type: JobType, model: str, params: dict[str, Any], payload: dict[str, Any], digest: str,
-               status: int, location: str, inputs: list[bytes] | None = None, org_id: str = "") -> Response:
+async def create_job(job_type: JobType, model: str, params: dict[str, Any], payload: dict[str, Any], digest: str,
+                     status: int, location: str, inputs: list[bytes] | None = None, org_id: str = "") -> Response:
     """Persist a queued job and answer with it; a repeated Idempotency-Key answers the original."""
     key = (request.headers.get("Idempotency-Key") or "").strip() or None
     job_id = new_job_id()
     job = Job(id=job_id, job_type=job_type, model=model, created_at=time.time(), request_parameters=params,
               org_id=org_id, payload={**payload, "job_id": job_id}, idempotency_key=key, request_hash=digest)
-    saved, _created = current().jobs.create(job, inputs)
+    saved, _created = await current().jobs.create(job, inputs)
     return json_response(saved.to_public(), status, headers={"Location": location.format(id=saved.id)})
 
 
-def get_or_404(job_id: str, job_type: JobType, org_id: str | None = None) -> Job:
-    job = current().jobs.get(job_id, job_type, org_id)
+async def get_or_404(job_id: str, job_type: JobType, org_id: str | None = None) -> Job:
+    job = await current().jobs.get(job_id, job_type, org_id)
     if job is None:
         what = "Video job" if job_type is JobType.VIDEO else "Fine-tuning job"
         raise problems.NotFound(f"{what} {job_id} not found.")
     return job
 
 
-def page(job_type: JobType, org_id: str | None, limit: int, after: str | None) -> tuple[list[dict[str, Any]], bool,
-                                                                                       str | None]:
+async def page(job_type: JobType, org_id: str | None, limit: int,
+               after: str | None) -> tuple[list[dict[str, Any]], bool, str | None]:
     try:
-        jobs, has_more = current().jobs.store.page(job_type, org_id, limit, after)
+        jobs, has_more = await current().jobs.store.page(job_type, org_id, limit, after)
     except UnknownCursor:
         raise problems.NotFound(f"No job {after} to page after (deleted, or not yours).") from None
     return [j.to_public() for j in jobs], has_more, (jobs[-1].id if jobs else None)
@@ -93,29 +90,48 @@ def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
     return first, min(last, size - 1)
 
 
-async def _read(path: Path, first: int, last: int) -> AsyncIterator[bytes]:
-    with path.open("rb") as fh:
-        fh.seek(first)
-        remaining = last - first + 1
-        while remaining > 0:
-            chunk = await asyncio.to_thread(fh.read, min(_CHUNK, remaining))
-            if not chunk:
-                return
-            remaining -= len(chunk)
-            yield chunk
+async def open_artifact(job: Job, uri: str | None, missing: str) -> ArtifactReader:
+    """Hold the job against the retention sweep, then open its artifact (404 `missing` if gone).
+
+    The hold is taken first and renewed while the response streams (`_held`), so the sweep,
+    on any replica, never deletes a file mid-download; the open descriptor keeps the bytes."""
+    jobs = current().jobs
+    if uri is None or not await jobs.store.hold(job.id, jobs.settings.job_download_hold_seconds):
+        raise problems.NotFound(missing)
+    reader = await jobs.artifacts.open(uri)
+    if reader is None:
+        raise problems.NotFound(missing)
+    return reader
 
 
-def file_response(path: Path, media_type: str, filename: str, ranges: bool = True) -> Response:
+async def _held(reader: ArtifactReader, job_id: str, first: int, last: int) -> AsyncIterator[bytes]:
+    jobs = current().jobs
+    hold_s = jobs.settings.job_download_hold_seconds
+    renew_at = time.monotonic() + hold_s / 3
+    async for chunk in reader.chunks(first, last):
+        if time.monotonic() >= renew_at:
+            renew_at = time.monotonic() + hold_s / 3
+            await jobs.store.hold(job_id, hold_s)
+        yield chunk
+
+
+async def file_response(reader: ArtifactReader, job_id: str, media_type: str, filename: str,
+                        ranges: bool = True) -> Response:
     """The file, or (with `ranges`) the single byte range the request asks for (206)."""
-    size = path.stat().st_size
+    size = reader.size
     headers = {"Content-Disposition": f'attachment; filename="{filename}"'}
     if ranges:
         headers["Accept-Ranges"] = "bytes"
-    selected = parse_range(request.headers.get("Range"), size) if ranges else None
+    try:
+        selected = parse_range(request.headers.get("Range"), size) if ranges else None
+    except problems.Problem:  # 416: nothing will be read
+        await reader.close()
+        raise
     if selected is None:
         first, last, status = 0, size - 1, 200
     else:
         (first, last), status = selected, 206
         headers["Content-Range"] = f"bytes {first}-{last}/{size}"
     headers["Content-Length"] = str(max(0, last - first + 1))
-    return StreamingResponse(_read(path, first, last), status_code=status, media_type=media_type, headers=headers)
+    return StreamingResponse(_held(reader, job_id, first, last), status_code=status, media_type=media_type,
+                             headers=headers)

@@ -12,10 +12,10 @@ from typing import Any
 from starlette.responses import Response
 
 from ttmedia import problems
-from ttmedia.handlers._jobs import create_job, file_response, get_or_404, page, request_hash
+from ttmedia.handlers._jobs import create_job, file_response, get_or_404, open_artifact, page, request_hash
 from ttmedia.http import json_response
-from ttmedia.jobs.kinds import TrainingKind
-from ttmedia.jobs.models import JobType
+from ttmedia.jobs.kinds import CHECKPOINT_DIR
+from ttmedia.jobs.models import CHECKPOINT_ID_RE, JobType
 from ttmedia.jobs.org import current_org
 from ttmedia.runners.catalog import CATALOG
 from ttmedia.runtime import current
@@ -65,7 +65,7 @@ async def create_fine_tuning_job(body: dict[str, Any]) -> Response:
     # whatever a client sends (values JSON allows but the store cannot hold, like 2**80).
     params = {k: v for k, v in body.items() if k in _request_fields()}
     params.update(device_type=requested, model=pool.name)
-    return create_job(JobType.TRAINING, pool.name, params, params, request_hash("training", params), 201,
+    return await create_job(JobType.TRAINING, pool.name, params, params, request_hash("training", params), 201,
                       LOCATION, org_id=org)
 
 
@@ -77,41 +77,42 @@ def _request_fields() -> frozenset[str]:
 
 
 async def list_fine_tuning_jobs(limit: int = 20, after: str | None = None) -> Response:
-    jobs, has_more, last_id = page(JobType.TRAINING, current_org(), limit, after)
+    jobs, has_more, last_id = await page(JobType.TRAINING, current_org(), limit, after)
     return json_response({"object": "list", "jobs": jobs, "has_more": has_more, "last_id": last_id})
 
 
 async def get_fine_tuning_job(job_id: str) -> Response:
-    return json_response(get_or_404(job_id, JobType.TRAINING, current_org()).to_public())
+    return json_response((await get_or_404(job_id, JobType.TRAINING, current_org())).to_public())
 
 
 async def get_fine_tuning_metrics(job_id: str) -> Response:
-    job = get_or_404(job_id, JobType.TRAINING, current_org())
-    return json_response(current().jobs.store.records(job.id, "metric"))
+    job = await get_or_404(job_id, JobType.TRAINING, current_org())
+    return json_response(await current().jobs.store.records(job.id, "metric"))
 
 
 async def get_fine_tuning_logs(job_id: str) -> Response:
-    job = get_or_404(job_id, JobType.TRAINING, current_org())
-    return json_response(current().jobs.store.records(job.id, "log"))
+    job = await get_or_404(job_id, JobType.TRAINING, current_org())
+    return json_response(await current().jobs.store.records(job.id, "log"))
 
 
 async def list_fine_tuning_checkpoints(job_id: str) -> Response:
-    job = get_or_404(job_id, JobType.TRAINING, current_org())
-    return json_response({"checkpoints": current().jobs.store.checkpoints(job.id)})
+    job = await get_or_404(job_id, JobType.TRAINING, current_org())
+    return json_response({"checkpoints": await current().jobs.store.checkpoints(job.id)})
 
 
 async def download_fine_tuning_checkpoint(job_id: str, checkpoint_id: str) -> Response:
     jobs = current().jobs
-    job = get_or_404(job_id, JobType.TRAINING, current_org())
-    known = any(c["id"] == checkpoint_id for c in jobs.store.checkpoints(job.id))
-    kind = jobs.kinds[JobType.TRAINING]
-    assert isinstance(kind, TrainingKind)
-    path = kind.checkpoint_file(job, checkpoint_id)
-    if not known or not path.is_file():
-        raise problems.NotFound(f"Checkpoint {checkpoint_id} of job {job_id} not found or no longer available.")
-    return file_response(path, "application/zip", f"adapter_{checkpoint_id}.zip", ranges=False)
+    job = await get_or_404(job_id, JobType.TRAINING, current_org())
+    missing = f"Checkpoint {checkpoint_id} of job {job_id} not found or no longer available."
+    if not CHECKPOINT_ID_RE.match(checkpoint_id):
+        raise problems.NotFound(missing)
+    uri = await jobs.store.checkpoint_uri(job.id, checkpoint_id)
+    if uri is None and any(c["id"] == checkpoint_id for c in await jobs.store.checkpoints(job.id)):
+        uri = jobs.artifacts.uri(job.id, f"{CHECKPOINT_DIR}/{checkpoint_id}.zip")  # saved before uris were
+    reader = await open_artifact(job, uri, missing)
+    return await file_response(reader, job.id, "application/zip", f"adapter_{checkpoint_id}.zip", ranges=False)
 
 
 async def cancel_fine_tuning_job(job_id: str) -> Response:
-    job = get_or_404(job_id, JobType.TRAINING, current_org())
-    return json_response(current().jobs.cancel(job).to_public())
+    job = await get_or_404(job_id, JobType.TRAINING, current_org())
+    return json_response((await current().jobs.cancel(job)).to_public())

@@ -10,10 +10,10 @@ from starlette.datastructures import UploadFile
 from starlette.responses import Response
 
 from ttmedia import problems
-from ttmedia.handlers._jobs import create_job, file_response, get_or_404, page, request_hash
+from ttmedia.handlers._jobs import create_job, file_response, get_or_404, open_artifact, page, request_hash
 from ttmedia.handlers._uploads import decode_image, upload_bytes
 from ttmedia.http import json_response
-from ttmedia.jobs.kinds import VIDEO_FILE, job_dir
+from ttmedia.jobs.kinds import VIDEO_FILE
 from ttmedia.jobs.models import JobStatus, JobType, describe_blob, valid_job_id
 from ttmedia.runtime import current
 from ttmedia.scheduler.pool import ModelPool
@@ -53,19 +53,19 @@ def _params(body: dict[str, Any], pool: ModelPool, default_steps: int) -> dict[s
             "model": pool.name}
 
 
-def _create(pool: ModelPool, params: dict[str, Any], digest: str, images: list[tuple[bytes, int]]) -> Response:
+async def _create(pool: ModelPool, params: dict[str, Any], digest: str, images: list[tuple[bytes, int]]) -> Response:
     payload = {**params, "frame_positions": [pos for _, pos in images]}
     if images:
         params = {**params, "image_prompts": [{"image": describe_blob(data), "frame_pos": pos}
                                               for data, pos in images]}
-    return create_job(JobType.VIDEO, pool.name, params, payload, digest, 202, LOCATION,
+    return await create_job(JobType.VIDEO, pool.name, params, payload, digest, 202, LOCATION,
                       inputs=[data for data, _ in images])
 
 
 async def create_video_generation(body: dict[str, Any]) -> Response:
     pool = _pool(body.get("model"), "t2v")
     params = _params(body, pool, 20)
-    return _create(pool, params, request_hash("t2v", params), [])
+    return await _create(pool, params, request_hash("t2v", params), [])
 
 
 async def create_video_generation_i2v(body: dict[str, Any]) -> Response:
@@ -81,7 +81,7 @@ async def create_video_generation_i2v(body: dict[str, Any]) -> Response:
         await decode_image(data, field)  # 422 now, not a failed job later
         images.append((data, pos))
     params = _params(body, pool, 20)
-    return _create(pool, params, request_hash("i2v", params, *(d for d, _ in images), positions), images)
+    return await _create(pool, params, request_hash("i2v", params, *(d for d, _ in images), positions), images)
 
 
 async def create_video_generation_i2v_upload(body: dict[str, Any], image: UploadFile | None = None) -> Response:
@@ -96,7 +96,7 @@ async def create_video_generation_i2v_upload(body: dict[str, Any], image: Upload
     await decode_image(data, "image")
     params = _params(body, pool, 12)  # upstream's multipart default is 12 steps, JSON's 20
     pos = int(body.get("frame_pos") or 0)
-    return _create(pool, params, request_hash("i2v", params, data, [pos]), [(data, pos)])
+    return await _create(pool, params, request_hash("i2v", params, data, [pos]), [(data, pos)])
 
 
 def _base64_image(text: str, field: str) -> bytes:
@@ -117,25 +117,27 @@ async def get_video_generation(job_id: str) -> Response:
         raise problems.MethodNotAllowed("GET is not allowed here; allowed: POST.", ["POST"])
     if not valid_job_id(job_id):
         raise problems.NotFound(f"Video job {job_id} not found.")
-    return json_response(get_or_404(job_id, JobType.VIDEO).to_public())
+    return json_response((await get_or_404(job_id, JobType.VIDEO)).to_public())
 
 
 async def list_video_jobs(limit: int = 20, after: str | None = None) -> Response:
-    data, has_more, last_id = page(JobType.VIDEO, None, limit, after)
+    data, has_more, last_id = await page(JobType.VIDEO, None, limit, after)
     return json_response({"object": "list", "data": data, "has_more": has_more, "last_id": last_id})
 
 
 async def download_video_generation(job_id: str) -> Response:
-    job = get_or_404(job_id, JobType.VIDEO)
+    job = await get_or_404(job_id, JobType.VIDEO)
     if job.status is not JobStatus.COMPLETED:
         raise problems.Conflict(f"Video job {job_id} is {job.status.value}; the video is available once it "
                                 "is completed.")
-    path = job_dir(current().jobs.store.data_dir, job.id) / VIDEO_FILE
-    if not path.is_file():
-        raise problems.NotFound(f"The video of job {job_id} is no longer available.")
-    return file_response(path, "video/mp4", f"video_{job.id}.mp4")
+    jobs = current().jobs
+    recorded = await jobs.store.artifact(job.id, VIDEO_FILE)
+    # Jobs completed before artifacts were recorded keep their file at the store's usual place.
+    uri = recorded[0] if recorded else jobs.artifacts.uri(job.id, VIDEO_FILE)
+    reader = await open_artifact(job, uri, f"The video of job {job_id} is no longer available.")
+    return await file_response(reader, job.id, "video/mp4", f"video_{job.id}.mp4")
 
 
 async def cancel_video_generation(job_id: str) -> Response:
-    job = get_or_404(job_id, JobType.VIDEO)
-    return json_response(current().jobs.cancel(job).to_public())
+    job = await get_or_404(job_id, JobType.VIDEO)
+    return json_response((await current().jobs.cancel(job)).to_public())

@@ -3,7 +3,8 @@
 ```
 queued ──► in_progress ──► completed | failed
   │   ▲         │
-  │   └─────────┤ re-queued after a server restart or a lost worker (attempts < JOB_MAX_ATTEMPTS)
+  │   └─────────┤ re-queued after a server restart, an expired lease (its replica died)
+  │             │ or a lost worker (attempts < JOB_MAX_ATTEMPTS)
   │             ▼
   │        cancelling ──► cancelled
   └──────────────────────► cancelled   (never started: nothing to stop)
@@ -72,6 +73,7 @@ STALE_JOB = "stale_job"
 SERVER_RESTART = "server_restart"
 WORKER_LOST = "worker_lost"
 MODEL_UNAVAILABLE = "model_unavailable"
+INSUFFICIENT_STORAGE = "insufficient_storage"
 
 #: Canonical lower-case uuid4. Ids reach the filesystem (the job's output directory), so only
 #: this shape is ever accepted; the spec declares the same pattern on every {job_id}.
@@ -106,6 +108,7 @@ class Job:
     payload: dict[str, Any] = field(default_factory=dict)  # what the runner gets; never public
     idempotency_key: str | None = None
     request_hash: str | None = None
+    owner: str | None = None  # the replica running it (in_progress/cancelling); never public
 
     @property
     def object_name(self) -> str:

@@ -1,66 +1,55 @@
-"""Durable job storage: SQLite (WAL) in DATA_DIR/jobs.db.
+"""The job store: one async interface, two engines chosen by JOB_STORE_URL.
 
-Why SQLite: a job must survive `kill -9` of the server. A committed WAL transaction is in the
-OS page cache the moment `commit()` returns, so a killed process loses nothing it confirmed to a
-client (synchronous=NORMAL only risks the last transactions on a *power* loss, which is the
-trade-off every WAL user makes). One connection, guarded by a lock, used from the event loop:
-every statement here is small, so a thread hop per call would cost more than it saves.
+* unset or `sqlite:///path/jobs.db`: embedded SQLite (WAL) in DATA_DIR, on a thread of its own
+  (ttmedia.jobs.store_sqlite). One server per store: a lock file refuses a second one.
+* `postgresql://…`: PostgreSQL through an async psycopg pool (ttmedia.jobs.store_postgres),
+  shared by any number of replicas.
 
-The database is created lazily, on the first job: a server that never runs jobs leaves no files.
-A lock file keeps two servers from sharing one DATA_DIR (both would "recover" the same jobs).
+What both guarantee, and the manager relies on:
+* **the store is the queue.** A job is `queued` in the store before the client hears 201/202;
+* **claims.** A replica runs a job only after `claim` moved it to `in_progress` with the replica
+  as `owner` and a lease (`lease_expires_at`) that the replica renews while the job runs. The
+  attempt number is the fencing token: every later write of that run (`progress`, `settle`) names
+  (owner, attempt) and is ignored if the job has moved on (lease expired and taken over);
+* **recovery.** A job whose lease expired is re-queued as its next attempt (or failed after
+  JOB_MAX_ATTEMPTS) by whichever replica sees it first (`recover`);
+* **an event log** (`job_events`): created, claimed, requeued, completed, … with the replica and
+  attempt, so "nothing ran twice at once" can be checked after the fact;
+* **holds.** A download holds its job for a while (`hold`); the retention sweep deletes only jobs
+  nobody holds (`delete_unheld`), so a file is never deleted mid-download;
+* nothing blocks the event loop: every method is awaitable.
 """
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
+import errno
 import os
-import sqlite3
-import threading
+import socket
 import time
-from collections.abc import Iterable, Iterator
+import uuid
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import orjson
 
-from ttmedia.jobs.models import Job, JobStatus, JobType, check_transition
+from ttmedia.jobs.models import SERVER_RESTART, Job, JobStatus, JobType
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS jobs (
-    id TEXT PRIMARY KEY,
-    job_type TEXT NOT NULL,
-    org_id TEXT NOT NULL DEFAULT '',
-    status TEXT NOT NULL,
-    model TEXT NOT NULL,
-    created_at REAL NOT NULL,
-    started_at REAL,
-    completed_at REAL,
-    progress INTEGER NOT NULL DEFAULT 0,
-    error_code TEXT,
-    error_message TEXT,
-    attempts INTEGER NOT NULL DEFAULT 0,
-    request_parameters TEXT NOT NULL,
-    payload TEXT NOT NULL,
-    result TEXT,
-    idempotency_key TEXT,
-    request_hash TEXT
-);
-CREATE UNIQUE INDEX IF NOT EXISTS jobs_idempotency ON jobs(job_type, org_id, idempotency_key)
-    WHERE idempotency_key IS NOT NULL;
-CREATE INDEX IF NOT EXISTS jobs_status ON jobs(status);
-CREATE TABLE IF NOT EXISTS job_inputs (
-    job_id TEXT NOT NULL, idx INTEGER NOT NULL, data BLOB NOT NULL, PRIMARY KEY (job_id, idx));
-CREATE TABLE IF NOT EXISTS job_records (
-    seq INTEGER PRIMARY KEY AUTOINCREMENT, job_id TEXT NOT NULL, kind TEXT NOT NULL,
-    step INTEGER NOT NULL, data TEXT NOT NULL);
-CREATE INDEX IF NOT EXISTS job_records_job ON job_records(job_id, kind);
-CREATE TABLE IF NOT EXISTS checkpoints (
-    job_id TEXT NOT NULL, id TEXT NOT NULL, step INTEGER NOT NULL, epoch INTEGER NOT NULL,
-    metrics TEXT, created_at REAL NOT NULL, PRIMARY KEY (job_id, id));
-"""
+#: Statuses that hold a lease (a replica runs them), and those that count towards MAX_JOBS.
+LEASED = (JobStatus.IN_PROGRESS.value, JobStatus.CANCELLING.value)
+UNFINISHED = (JobStatus.QUEUED.value, *LEASED)
+TERMINAL = (JobStatus.COMPLETED.value, JobStatus.FAILED.value, JobStatus.CANCELLED.value)
+
+#: Outcomes a run reports to `settle`.
+COMPLETED, FAILED, REQUEUE, REQUEUE_FREE, CANCELLED = "completed", "failed", "requeue", "requeue_free", "cancelled"
+
+#: Notification kinds (LISTEN/NOTIFY on PostgreSQL, a direct call on SQLite).
+NOTE_CANCEL, NOTE_NEW = "cancel", "new"
 
 _JSON_COLUMNS = ("request_parameters", "payload", "result")
+_STORAGE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
 
 
 class StoreLocked(RuntimeError):
@@ -71,200 +60,159 @@ class UnknownCursor(LookupError):
     pass
 
 
-class JobStore:
-    def __init__(self, data_dir: str | os.PathLike[str]) -> None:
-        self.data_dir = Path(data_dir).resolve()
-        self.db_path = self.data_dir / "jobs.db"
-        self._conn: sqlite3.Connection | None = None
-        self._lock_file: IO[bytes] | None = None
-        self._lock = threading.RLock()
+class StorageFull(RuntimeError):
+    """The store's disk (or quota) is full: nothing more can be written."""
+
+
+class TooManyJobs(RuntimeError):
+    """MAX_JOBS unfinished jobs already exist (counted across every replica)."""
+
+
+def is_storage_full(exc: BaseException) -> bool:
+    return isinstance(exc, StorageFull) or (isinstance(exc, OSError) and exc.errno in _STORAGE_ERRNOS)
+
+
+@dataclass
+class Recovered:
+    """What `recover` did to a job whose lease had expired."""
+
+    job: Job
+    outcome: str  # "requeued" | "failed" | "cancelled"
+
+
+def replica_id() -> str:
+    """REPLICA_ID, else host-pid-random: unique per process, readable in the event log."""
+    return os.environ.get("REPLICA_ID") or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+
+
+Listener = Callable[[str, str], None]
+
+
+class JobStore(ABC):
+    """The interface both engines implement (see the module docstring)."""
+
+    backend: str = ""
+    #: True when one server owns the store (SQLite): every lease in it is this server's, so
+    #: leases left at start-up belong to a dead process and are recovered at once.
+    exclusive: bool = False
+
+    def __init__(self, replica: str) -> None:
+        self.replica = replica
+        self.listener: Listener | None = None
 
     # --- lifecycle ------------------------------------------------------------------------------
-
     @property
-    def is_open(self) -> bool:
-        return self._conn is not None
-
-    def open_if_exists(self) -> bool:
-        if self.db_path.exists():
-            self._open()
-        return self.is_open
-
-    def _open(self) -> sqlite3.Connection:
-        with self._lock:
-            if self._conn is not None:
-                return self._conn
-            self.data_dir.mkdir(parents=True, exist_ok=True)
-            lock_file = open(self.data_dir / ".lock", "ab")  # noqa: SIM115 - held while open
-            try:
-                fcntl.flock(lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                lock_file.close()
-                raise StoreLocked(f"another ttmedia server is using DATA_DIR {self.data_dir}") from None
-            conn = sqlite3.connect(self.db_path, check_same_thread=False, isolation_level=None)
-            conn.row_factory = sqlite3.Row
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=NORMAL")
-            conn.executescript(SCHEMA)
-            self._conn, self._lock_file = conn, lock_file
-            return conn
-
-    def close(self) -> None:
-        with self._lock:
-            if self._conn is not None:
-                self._conn.close()
-                self._conn = None
-            if self._lock_file is not None:
-                self._lock_file.close()  # releases the flock
-                self._lock_file = None
-
-    @contextlib.contextmanager
-    def _tx(self) -> Iterator[sqlite3.Connection]:
-        """One write transaction; BEGIN IMMEDIATE so a read-then-write cannot race."""
-        with self._lock:
-            conn = self._open()
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                yield conn
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
-            conn.execute("COMMIT")
-
-    def _read(self, sql: str, args: Iterable[Any] = ()) -> list[sqlite3.Row]:
-        with self._lock:
-            if self._conn is None:
-                return []
-            return list(self._conn.execute(sql, tuple(args)))
+    @abstractmethod
+    def is_open(self) -> bool: ...
+    @abstractmethod
+    async def open_if_exists(self) -> bool: ...
+    @abstractmethod
+    async def close(self) -> None: ...
+    async def maintain(self) -> None:
+        """Periodic housekeeping (the SQLite WAL checkpoint)."""
 
     # --- jobs -----------------------------------------------------------------------------------
+    @abstractmethod
+    async def create(self, job: Job, inputs: list[bytes], max_unfinished: int) -> tuple[Job, bool]:
+        """Insert `job` (queued); with its Idempotency-Key already used, (that job, False).
+        Raises TooManyJobs when `max_unfinished` jobs are unfinished."""
+    @abstractmethod
+    async def get(self, job_id: str) -> Job | None: ...
+    @abstractmethod
+    async def find_by_key(self, job_type: JobType, org_id: str, key: str) -> Job | None: ...
+    @abstractmethod
+    async def inputs(self, job_id: str) -> list[bytes]: ...
+    @abstractmethod
+    async def page(self, job_type: JobType, org_id: str | None, limit: int,
+                   after: str | None) -> tuple[list[Job], bool]: ...
+    @abstractmethod
+    async def count_unfinished(self) -> int: ...
 
-    def create(self, job: Job, inputs: list[bytes]) -> tuple[Job, bool]:
-        """Insert `job`; with an idempotency key already used, return (that job, False) instead."""
-        with self._tx() as conn:
-            if job.idempotency_key:
-                row = conn.execute(
-                    "SELECT * FROM jobs WHERE job_type=? AND org_id=? AND idempotency_key=?",
-                    (job.job_type.value, job.org_id, job.idempotency_key)).fetchone()
-                if row is not None:
-                    return _job(row), False
-            values = _row(job)
-            conn.execute(f"INSERT INTO jobs ({', '.join(values)}) VALUES ({', '.join('?' * len(values))})",
-                         tuple(values.values()))
-            conn.executemany("INSERT INTO job_inputs (job_id, idx, data) VALUES (?, ?, ?)",
-                             [(job.id, i, data) for i, data in enumerate(inputs)])
-        return job, True
+    # --- claims and leases ----------------------------------------------------------------------
+    @abstractmethod
+    async def claim(self, model: str, lease_s: float) -> Job | None:
+        """Take the oldest queued job of `model` (in_progress, owned by this replica, attempt+1)."""
+    @abstractmethod
+    async def renew(self, job_ids: list[str], lease_s: float) -> dict[str, str]:
+        """Extend this replica's leases; {job id: status} of those it still owns."""
+    @abstractmethod
+    async def progress(self, job_id: str, attempt: int, progress: int) -> bool: ...
+    @abstractmethod
+    async def settle(self, job_id: str, attempt: int, outcome: str, **fields: Any) -> Job | None:
+        """End this replica's run `attempt` of a job: COMPLETED, FAILED, REQUEUE (the attempt
+        counts), REQUEUE_FREE (it does not: a graceful shutdown) or CANCELLED. A job being
+        cancelled ends `cancelled` whatever the outcome. None if the run no longer owns the job."""
+    @abstractmethod
+    async def request_cancel(self, job_id: str) -> Job:
+        """queued → cancelled; in_progress → cancelling (and tell the owner). Others unchanged."""
+    @abstractmethod
+    async def recover(self, max_attempts: int, everyone: bool = False) -> list[Recovered]:
+        """Settle jobs whose lease expired (`everyone`: every leased job, at an exclusive start)."""
+    @abstractmethod
+    async def fail_unserved(self, served: list[str], code: str, message: str) -> int: ...
+    @abstractmethod
+    async def fail(self, job_id: str, code: str, message: str, statuses: tuple[str, ...]) -> Job | None:
+        """Fail a job (any owner) if its status is one of `statuses` (the stale-job sweep)."""
 
-    def get(self, job_id: str) -> Job | None:
-        rows = self._read("SELECT * FROM jobs WHERE id=?", (job_id,))
-        return _job(rows[0]) if rows else None
+    # --- retention ------------------------------------------------------------------------------
+    @abstractmethod
+    async def stuck(self, before: float) -> list[Job]: ...
+    @abstractmethod
+    async def expired(self, before: float, limit: int = 1000) -> list[str]: ...
+    @abstractmethod
+    async def hold(self, job_id: str, seconds: float) -> bool:
+        """Keep the retention sweep off this job's files for `seconds` (a download is running)."""
+    @abstractmethod
+    async def delete_unheld(self, job_id: str) -> bool:
+        """Delete the job and its rows unless a download holds it; whether it was deleted."""
 
-    def find_by_key(self, job_type: JobType, org_id: str, key: str) -> Job | None:
-        rows = self._read("SELECT * FROM jobs WHERE job_type=? AND org_id=? AND idempotency_key=?",
-                          (job_type.value, org_id, key))
-        return _job(rows[0]) if rows else None
+    # --- records, checkpoints, artifacts, events ------------------------------------------------
+    @abstractmethod
+    async def add_record(self, job_id: str, kind: str, step: int, data: dict[str, Any]) -> None: ...
+    @abstractmethod
+    async def records(self, job_id: str, kind: str) -> list[dict[str, Any]]: ...
+    @abstractmethod
+    async def forget_after(self, job_id: str, step: int) -> None: ...
+    @abstractmethod
+    async def add_checkpoint(self, job_id: str, ckpt_id: str, step: int, epoch: int,
+                             metrics: dict[str, Any], uri: str) -> None: ...
+    @abstractmethod
+    async def checkpoints(self, job_id: str) -> list[dict[str, Any]]: ...
+    @abstractmethod
+    async def checkpoint_uri(self, job_id: str, ckpt_id: str) -> str | None: ...
+    @abstractmethod
+    async def add_artifact(self, job_id: str, name: str, uri: str, size: int) -> None: ...
+    @abstractmethod
+    async def artifact(self, job_id: str, name: str) -> tuple[str, int] | None: ...
+    @abstractmethod
+    async def events(self, job_id: str | None = None) -> list[dict[str, Any]]: ...
 
-    def inputs(self, job_id: str) -> list[bytes]:
-        return [bytes(r["data"]) for r in self._read("SELECT data FROM job_inputs WHERE job_id=? ORDER BY idx",
-                                                     (job_id,))]
-
-    def page(self, job_type: JobType, org_id: str | None, limit: int, after: str | None) -> tuple[list[Job], bool]:
-        """Newest first (insertion order), `limit` jobs after the job `after`; and whether more follow."""
-        where, args = ["job_type=?"], [job_type.value]
-        if org_id is not None:
-            where.append("org_id=?")
-            args.append(org_id)
-        if after:
-            cursor = self._read(f"SELECT rowid FROM jobs WHERE id=? AND {' AND '.join(where)}", [after, *args])
-            if not cursor:
-                raise UnknownCursor(after)
-            where.append("rowid < ?")
-            args.append(cursor[0]["rowid"])
-        rows = self._read(f"SELECT * FROM jobs WHERE {' AND '.join(where)} ORDER BY rowid DESC LIMIT ?",
-                          [*args, limit + 1])
-        return [_job(r) for r in rows[:limit]], len(rows) > limit
-
-    def with_status(self, *statuses: JobStatus) -> list[Job]:
-        marks = ", ".join("?" * len(statuses))
-        return [_job(r) for r in self._read(f"SELECT * FROM jobs WHERE status IN ({marks}) ORDER BY rowid",
-                                            [s.value for s in statuses])]
-
-    def count_unfinished(self) -> int:
-        rows = self._read("SELECT COUNT(*) AS n FROM jobs WHERE status IN (?, ?, ?)",
-                          (JobStatus.QUEUED.value, JobStatus.IN_PROGRESS.value, JobStatus.CANCELLING.value))
-        return int(rows[0]["n"]) if rows else 0
-
-    def update(self, job_id: str, **fields: Any) -> None:
-        """Fields that do not change the status (progress, result…)."""
-        if not fields:
-            return
-        values = {k: (orjson.dumps(v).decode() if k in _JSON_COLUMNS and v is not None else v)
-                  for k, v in fields.items()}
-        with self._tx() as conn:
-            conn.execute(f"UPDATE jobs SET {', '.join(f'{k}=?' for k in values)} WHERE id=?",
-                         (*values.values(), job_id))
-
-    def transition(self, job_id: str, new: JobStatus, **fields: Any) -> Job:
-        """Move a job to `new` (checked against the state machine, atomically) and set `fields`."""
-        with self._tx() as conn:
-            row = conn.execute("SELECT status FROM jobs WHERE id=?", (job_id,)).fetchone()
-            if row is None:
-                raise KeyError(job_id)
-            check_transition(JobStatus(row["status"]), new)
-            values = {k: (orjson.dumps(v).decode() if k in _JSON_COLUMNS and v is not None else v)
-                      for k, v in {**fields, "status": new.value}.items()}
-            conn.execute(f"UPDATE jobs SET {', '.join(f'{k}=?' for k in values)} WHERE id=?",
-                         (*values.values(), job_id))
-            job = _job(conn.execute("SELECT * FROM jobs WHERE id=?", (job_id,)).fetchone())
-        return job
-
-    def delete(self, job_id: str) -> None:
-        with self._tx() as conn:
-            for table, column in (("jobs", "id"), ("job_inputs", "job_id"), ("job_records", "job_id"),
-                                  ("checkpoints", "job_id")):
-                conn.execute(f"DELETE FROM {table} WHERE {column}=?", (job_id,))
-
-    def expired(self, before: float) -> list[Job]:
-        return [_job(r) for r in self._read(
-            "SELECT * FROM jobs WHERE status IN (?, ?, ?) AND completed_at IS NOT NULL AND completed_at < ?",
-            (JobStatus.COMPLETED.value, JobStatus.FAILED.value, JobStatus.CANCELLED.value, before))]
-
-    def stuck(self, before: float) -> list[Job]:
-        return [_job(r) for r in self._read(
-            "SELECT * FROM jobs WHERE status IN (?, ?) AND COALESCE(started_at, created_at) < ?",
-            (JobStatus.IN_PROGRESS.value, JobStatus.CANCELLING.value, before))]
-
-    # --- training records -----------------------------------------------------------------------
-
-    def add_record(self, job_id: str, kind: str, step: int, data: dict[str, Any]) -> None:
-        with self._tx() as conn:
-            conn.execute("INSERT INTO job_records (job_id, kind, step, data) VALUES (?, ?, ?, ?)",
-                         (job_id, kind, step, orjson.dumps(data).decode()))
-
-    def records(self, job_id: str, kind: str) -> list[dict[str, Any]]:
-        return [orjson.loads(r["data"]) for r in self._read(
-            "SELECT data FROM job_records WHERE job_id=? AND kind=? ORDER BY seq", (job_id, kind))]
-
-    def forget_after(self, job_id: str, step: int) -> None:
-        """A resumed run repeats the steps after its checkpoint: drop what they had recorded."""
-        with self._tx() as conn:
-            conn.execute("DELETE FROM job_records WHERE job_id=? AND kind='metric' AND step>?", (job_id, step))
-            conn.execute("DELETE FROM checkpoints WHERE job_id=? AND step>?", (job_id, step))
-
-    def add_checkpoint(self, job_id: str, ckpt_id: str, step: int, epoch: int, metrics: dict[str, Any]) -> None:
-        with self._tx() as conn:
-            conn.execute("INSERT OR REPLACE INTO checkpoints (job_id, id, step, epoch, metrics, created_at) "
-                         "VALUES (?, ?, ?, ?, ?, ?)",
-                         (job_id, ckpt_id, step, epoch, orjson.dumps(metrics).decode(), time.time()))
-
-    def checkpoints(self, job_id: str) -> list[dict[str, Any]]:
-        return [{"id": r["id"], "step": r["step"], "epoch": r["epoch"],
-                 "metrics": orjson.loads(r["metrics"]) if r["metrics"] else None,
-                 "created_at": int(r["created_at"])}
-                for r in self._read("SELECT * FROM checkpoints WHERE job_id=? ORDER BY step", (job_id,))]
+    def notify(self, kind: str, arg: str) -> None:
+        if self.listener is not None:
+            self.listener(kind, arg)
 
 
-def _row(job: Job) -> dict[str, Any]:
+def open_store(url: str, data_dir: str | os.PathLike[str], replica: str, pool_size: int = 5,
+               checkpoint_seconds: float = 60.0) -> JobStore:
+    """The store JOB_STORE_URL names (see the module docstring)."""
+    if not url or url.startswith("sqlite:"):
+        from ttmedia.jobs.store_sqlite import SqliteJobStore
+
+        path = Path(url.removeprefix("sqlite://")) if url.startswith("sqlite://") and url != "sqlite://" else None
+        if path is not None and str(path).startswith("/"):
+            # sqlite:///abs/dir/jobs.db (three slashes: an absolute path), like SQLAlchemy.
+            return SqliteJobStore(path.parent, replica, db_name=path.name, checkpoint_seconds=checkpoint_seconds)
+        return SqliteJobStore(data_dir, replica, checkpoint_seconds=checkpoint_seconds)
+    if url.startswith(("postgresql://", "postgres://")):
+        from ttmedia.jobs.store_postgres import PostgresJobStore
+
+        return PostgresJobStore(url, replica, pool_size=pool_size)
+    raise ValueError(f"JOB_STORE_URL must be sqlite:///… or postgresql://…, not {url.split(':', 1)[0]}:…")
+
+
+# --- rows <-> jobs (both engines store JSON as text, encoded with orjson) ------------------------
+
+def job_row(job: Job) -> dict[str, Any]:
     return {
         "id": job.id, "job_type": job.job_type.value, "org_id": job.org_id, "status": job.status.value,
         "model": job.model, "created_at": job.created_at, "started_at": job.started_at,
@@ -277,7 +225,7 @@ def _row(job: Job) -> dict[str, Any]:
     }
 
 
-def _job(row: sqlite3.Row) -> Job:
+def row_job(row: Any) -> Job:
     return Job(
         id=row["id"], job_type=JobType(row["job_type"]), model=row["model"], created_at=row["created_at"],
         request_parameters=orjson.loads(row["request_parameters"]), org_id=row["org_id"],
@@ -285,5 +233,43 @@ def _job(row: sqlite3.Row) -> Job:
         progress=row["progress"], error_code=row["error_code"], error_message=row["error_message"],
         attempts=row["attempts"], result=orjson.loads(row["result"]) if row["result"] else None,
         payload=orjson.loads(row["payload"]), idempotency_key=row["idempotency_key"],
-        request_hash=row["request_hash"],
+        request_hash=row["request_hash"], owner=row["owner"],
     )
+
+
+def encode_fields(fields: dict[str, Any]) -> dict[str, Any]:
+    return {k: (orjson.dumps(v).decode() if k in _JSON_COLUMNS and v is not None else v) for k, v in fields.items()}
+
+
+def settled_status(current: str, outcome: str) -> str:
+    """The status a run's outcome leads to from `current` (a cancel request wins)."""
+    if current == JobStatus.CANCELLING.value or outcome == CANCELLED:
+        return JobStatus.CANCELLED.value
+    return {COMPLETED: JobStatus.COMPLETED.value, FAILED: JobStatus.FAILED.value,
+            REQUEUE: JobStatus.QUEUED.value, REQUEUE_FREE: JobStatus.QUEUED.value}[outcome]
+
+
+def settle_fields(status: str, outcome: str, attempt: int, fields: dict[str, Any]) -> dict[str, Any]:
+    update: dict[str, Any] = {"status": status}
+    if status == "queued":
+        update.update(progress=0, owner=None, lease_expires_at=None)
+        if outcome == REQUEUE_FREE:  # a deploy is not the job's fault: this start is not counted
+            update["attempts"] = max(0, attempt - 1)
+    else:
+        update.update(completed_at=fields.pop("completed_at", time.time()), lease_expires_at=None)
+        if status == "cancelled":
+            fields = {k: v for k, v in fields.items() if k not in ("error_code", "error_message", "result")}
+        update.update(fields)
+    return update
+
+
+def recovery(job: Job, max_attempts: int) -> tuple[dict[str, Any], str]:
+    """What an expired lease leads to: (fields to set, outcome)."""
+    now = time.time()
+    if job.status is JobStatus.CANCELLING:
+        return {"status": "cancelled", "completed_at": now, "lease_expires_at": None}, "cancelled"
+    if job.attempts >= max_attempts:
+        return {"status": "failed", "completed_at": now, "lease_expires_at": None, "error_code": SERVER_RESTART,
+                "error_message": f"Job interrupted by a server restart after {job.attempts} attempt(s); "
+                                 "giving up."}, "failed"
+    return {"status": "queued", "progress": 0, "owner": None, "lease_expires_at": None}, "requeued"
