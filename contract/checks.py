@@ -87,12 +87,11 @@ def retry_after_on_503(ctx: Any, response: Any, case: Any) -> bool | None:
         return None
     _assert_retry_after(response)
     # /tt-liveness keeps the upstream status body on 503 (DESIGN.md, Readiness) and declares it
-    # as its only 503 media type; everything else answers 503 with problem+json.
+    # as its only 503 media type; everything else answers 503 with problem+json. Both carry a
+    # string `reason`.
     declared = _declared_503_media_types(case)
-    if declared and PROBLEM_JSON not in declared:
-        return True
     content_type = (_header(response, "Content-Type") or "").split(";")[0].strip().lower()
-    if content_type != PROBLEM_JSON:
+    if not (declared and PROBLEM_JSON not in declared) and content_type != PROBLEM_JSON:
         raise AssertionError(f"503 must be {PROBLEM_JSON}, got {content_type or 'no Content-Type'!r}")
     try:
         body = json.loads(response.content)

@@ -92,10 +92,10 @@ def test_errors_are_problems():
         assert_problem(c.post("/v1/completions", content=b'{"prompt": "\xff"}',
                               headers={"content-type": "application/json"}), 400, "malformed_body")
         assert_problem(c.post("/v1/completions", json={"prompt": 5}), 422, "invalid_request")
-        assert_problem(c.post("/v1/completions", json={"prompt": "x", "max_tokens": 5000}), 422, "invalid_request")
+        assert_problem(c.post("/v1/completions", json={"prompt": "x", "max_tokens": 5000}), 400,
+                       "context_length_exceeded")
         assert_problem(c.post("/v1/images/generations", json={**IMAGE_BODY, "num_inference_steps": 4}),
                        422, "invalid_request")
-        assert_problem(c.post("/v1/completions", json={"prompt": "x", "model": "gpt-4"}), 404, "model_not_found")
         assert_problem(c.post("/v1/completions", content=b"prompt=x",
                               headers={"content-type": "text/plain"}), 415, "unsupported_media_type")
         assert_problem(c.get("/no/such/path"), 404, "not_found")

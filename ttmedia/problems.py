@@ -49,6 +49,13 @@ class MalformedBody(Problem):
     status, reason = 400, "malformed_body"
 
 
+class ContextLengthExceeded(Problem):
+    """400, as upstream, vLLM and OpenAI answer it (OpenAI clients catch it as BadRequestError):
+    the prompt (plus the tokens asked for) does not fit the model's context."""
+
+    status, reason = 400, "context_length_exceeded"
+
+
 class Unauthorized(Problem):
     status, reason = 401, "unauthorized"
 

@@ -25,6 +25,9 @@ class Settings(BaseSettings):
     device_ids: str = Field(default="", description='Device groups for MODEL, e.g. "(0),(1)".')
     served_model_name: str = Field(default="", description="Upstream: overrides the id of the single MODEL.")
     model_runner: str = Field(default="", description="Upstream: the runner of the single MODEL (a name or module:Class).")
+    strict_model_names: bool = Field(
+        default=False, description="`model` must be a served name or Hugging Face id exactly; no case folding, "
+        "no single-candidate fallback.")
 
     # --- scheduler ------------------------------------------------------------------------------
     max_batch_size: int = Field(default=1, ge=1, le=256)

@@ -16,11 +16,16 @@ import jsonschema_rs
 import orjson
 from connexion.datastructures import MediaTypeDict
 from connexion.exceptions import NonConformingResponseBody
-from connexion.validators import FormDataValidator, MultiPartFormDataValidator, TextResponseBodyValidator
+from connexion.validators import (
+    FormDataValidator,
+    MultiPartFormDataValidator,
+    ParameterValidator,
+    TextResponseBodyValidator,
+)
 from connexion.validators.json import JSONRequestBodyValidator, JSONResponseBodyValidator
 from starlette.types import Scope
 
-from ttmedia.problems import InvalidRequest, MalformedBody
+from ttmedia.problems import InvalidRequest, MalformedBody, NotFound
 from ttmedia.schema_compile import compile_validator, error_text, fill_defaults
 
 
@@ -116,7 +121,20 @@ class NDJSONResponseBodyValidator(CompiledJSONResponseBodyValidator):
             super()._validate(line)
 
 
+class PathParameterValidator(ParameterValidator):
+    """A path names a resource; a malformed id names none, so it is 404 (upstream's answer), not
+    a validation error. Query and header parameters are validated as Connexion does (422)."""
+
+    def validate_path_parameter(self, param: dict[str, t.Any], request: t.Any) -> str | None:
+        error = super().validate_path_parameter(param, request)
+        if error:
+            name = param["name"]
+            raise NotFound(f"{name} {request.path_params.get(name)!r} names nothing here: it is not a valid {name}.")
+        return None
+
+
 VALIDATOR_MAP = {
+    "parameter": PathParameterValidator,
     "body": MediaTypeDict(
         {
             "*/*json": JSONBodyValidator,

@@ -58,7 +58,8 @@ async def create_embedding(body: dict[str, Any]) -> Response:
     limit = int(options.get("max_model_length") or (tok.max_model_length if tok else None) or DEFAULT_MAX_TOKENS)
     for i, count in enumerate(counts):
         if count > limit:
-            raise problems.InvalidRequest(f"input[{i}] has {count} tokens; {pool.name} takes at most {limit}.")
+            raise problems.ContextLengthExceeded(
+                f"input[{i}] has {count} tokens; {pool.name} takes at most {limit}.")
     # One request for all inputs: the runner embeds them in one call, with other requests'
     # inputs when the model batches.
     result: EmbeddingResult = await pool.submit(EmbeddingRequest(texts, dimensions if dimensions != size else None))

@@ -25,6 +25,8 @@ OPTIMIZERS = ["adamw", "adam", "sgd"]
 DATASETS = [("SST2", "Stanford Sentiment Treebank v2"), ("Alpaca", "Stanford Alpaca instructions"),
             ("Custom", "Custom dataset (file_type + template)")]
 LOCATION = "/v1/jobs/{id}"
+#: Upstream: a Custom dataset names its file, the file's type and the prompt template.
+CUSTOM_REQUIRES = ("train_dataset_path", "file_type", "template")
 
 
 async def get_training_catalog() -> Response:
@@ -58,9 +60,9 @@ async def create_fine_tuning_job(body: dict[str, Any]) -> Response:
     if requested != device:
         raise problems.InvalidRequest(f"Request device '{requested}' does not match server device '{device}'.")
     if body.get("dataset_loader") == "Custom":
-        missing = [f for f in ("file_type", "template") if not body.get(f)]
+        missing = [f for f in CUSTOM_REQUIRES if not body.get(f)]
         if missing:
-            raise problems.InvalidRequest(f"dataset_loader 'Custom' requires {' and '.join(missing)}.")
+            raise problems.InvalidRequest(f"dataset_loader 'Custom' requires {', '.join(missing)}.")
     # Only the declared fields: upstream ignores unknown ones, and echoing them would store
     # whatever a client sends (values JSON allows but the store cannot hold, like 2**80).
     params = {k: v for k, v in body.items() if k in _request_fields()}

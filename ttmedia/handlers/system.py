@@ -7,11 +7,12 @@ import time
 from starlette.responses import Response
 
 from ttmedia import problems
+from ttmedia.context import note
 from ttmedia.http import json_response
 from ttmedia.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from ttmedia.runtime import current
 from ttmedia.scheduler.devices import format_group
-from ttmedia.scheduler.scheduler import ResetFailed
+from ttmedia.scheduler.scheduler import ResetFailed, matches
 
 #: `created` in /v1/models: fixed, as upstream, since simulated models have no build date.
 MODEL_CREATED = 1700000000
@@ -34,8 +35,15 @@ async def get_liveness() -> Response:
     body = scheduler.liveness()
     if body["model_ready"]:
         return json_response(body)
-    waits = [pl.retry_after() for pl in scheduler.pools.values() if not pl.state().serving] or [1.0]
-    return json_response(body, status=503, headers=problems.retry_after_header(max(waits)))
+    not_serving = [pl for pl in scheduler.pools.values() if not pl.state().serving]
+    if not not_serving:
+        problem = problems.NotReady("No model is served yet.", reason="warming_up", retry_after=1)
+    else:
+        # The model furthest from ready, as /health reports it.
+        problem = max(not_serving, key=lambda pl: pl.retry_after()).not_ready()
+    note(reason=problem.reason)
+    return json_response({"status": body.pop("status"), "reason": problem.reason, "detail": problem.detail, **body},
+                         status=503, headers=problem.headers)
 
 
 async def deep_reset() -> Response:
@@ -108,11 +116,12 @@ async def get_v2_ready() -> Response:
 
 async def get_v2_model_ready(model: str) -> Response:
     scheduler = current().scheduler
-    pool = scheduler.pools.get(model)
+    strict = scheduler.settings.strict_model_names
+    pool = next((pl for pl in scheduler.pools.values() if matches(pl, model, strict)), None)
     if pool is None:
         raise problems.ModelNotFound(f"Model {model!r} is not served here.")
     pool.check_ready()
-    return json_response({"name": model, "ready": True})
+    return json_response({"name": pool.name, "ready": True})
 
 
 async def get_metrics() -> Response:

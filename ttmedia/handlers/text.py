@@ -52,7 +52,7 @@ def _context_length(pool: ModelPool, tok: Tokenizer) -> int:
 def _check_context(pool: ModelPool, tok: Tokenizer, prompt_tokens: int, max_tokens: int) -> None:
     limit = _context_length(pool, tok)
     if prompt_tokens + max_tokens > limit:
-        raise problems.InvalidRequest(
+        raise problems.ContextLengthExceeded(
             f"Prompt length ({prompt_tokens}) + max_tokens ({max_tokens}) exceeds max model length ({limit}).")
 
 

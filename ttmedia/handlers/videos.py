@@ -15,6 +15,7 @@ from ttmedia.handlers._uploads import decode_image, upload_bytes
 from ttmedia.http import json_response
 from ttmedia.jobs.kinds import VIDEO_FILE
 from ttmedia.jobs.models import JobStatus, JobType, describe_blob, valid_job_id
+from ttmedia.runners.catalog import video_mode
 from ttmedia.runtime import current
 from ttmedia.scheduler.pool import ModelPool
 
@@ -25,21 +26,13 @@ LOCATION = "/v1/videos/generations/{id}"
 
 
 def _pool(model: str | None, mode: str) -> ModelPool:
-    """The served video model for `mode` ("t2v" | "i2v"); 422 if it cannot do that mode."""
-    scheduler = current().scheduler
-    if model:
-        pool = scheduler.pool("video", model)
-    else:
-        candidates = [pl for pl in scheduler.pools.values() if pl.model.family == "video"]
-        if not candidates:
-            raise problems.ModelNotFound("No video model is served by this server.")
-        pool = next((pl for pl in candidates if pl.model.info.options.get(mode, mode == "t2v")), candidates[0])
-    options = pool.model.info.options
-    if mode == "t2v" and not options.get("t2v", True):
+    """The served video model for `mode`; 422 if the model named cannot do that mode."""
+    pool = current().scheduler.pool("video", model, serves=lambda pl: video_mode(pl.model.info, mode))
+    if mode == "t2v" and not video_mode(pool.model.info, "t2v"):
         raise problems.InvalidRequest(
             f"{pool.name} requires image conditioning. Use POST /v1/videos/generations/i2v (JSON with "
             "image_prompts) or POST /v1/videos/generations/i2v/upload (multipart) instead.")
-    if mode == "i2v" and not options.get("i2v", False):
+    if mode == "i2v" and not video_mode(pool.model.info, "i2v"):
         raise problems.InvalidRequest(
             f"{pool.name} is a text-to-video model and cannot take images; use POST /v1/videos/generations.")
     pool.check_ready()  # the gate checked the family; this checks the model chosen
@@ -120,9 +113,11 @@ async def get_video_generation(job_id: str) -> Response:
     return json_response((await get_or_404(job_id, JobType.VIDEO)).to_public())
 
 
-async def list_video_jobs(limit: int = 20, after: str | None = None) -> Response:
+async def list_video_jobs(limit: int = 100, after: str | None = None) -> Response:
+    """Upstream's shape, a bare array; the next page is in a Link header."""
     data, has_more, last_id = await page(JobType.VIDEO, None, limit, after)
-    return json_response({"object": "list", "data": data, "has_more": has_more, "last_id": last_id})
+    headers = {"Link": f'</v1/videos/jobs?limit={limit}&after={last_id}>; rel="next"'} if has_more else None
+    return json_response(data, headers=headers)
 
 
 async def download_video_generation(job_id: str) -> Response:

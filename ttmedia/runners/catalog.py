@@ -131,5 +131,10 @@ def lookup(name: str) -> ModelInfo | None:
     return None
 
 
+def video_mode(info: ModelInfo, mode: str) -> bool:
+    """Whether a video model takes `mode`: "t2v" (text-to-video, the default) or "i2v" (images)."""
+    return bool(info.options.get(mode, mode == "t2v"))
+
+
 def with_runner(info: ModelInfo, runner: str) -> ModelInfo:
     return replace(info, runner=runner)

@@ -12,6 +12,7 @@ import os
 import signal
 import time
 from dataclasses import replace
+from collections.abc import Callable
 from typing import Any
 
 from ttmedia import problems
@@ -69,6 +70,21 @@ def launch_workers_early(settings: Settings, models: list[ServedModel]) -> None:
     """Start every worker's first process now, in the background; the Scheduler adopts them."""
     faults = tuple(parse_faults(settings.sim_faults))
     EARLY_LAUNCH.start([worker_spec(settings, faults, m, g, incarnation=1) for m in models for g in m.groups])
+
+
+def model_names(pool: ModelPool, strict: bool = False) -> list[str]:
+    """The names a request may give for `pool`'s model: its served name and Hugging Face id
+    (and, unless strict, its catalog name), without repeats, the served name first."""
+    info = pool.model.info
+    names = [pool.name, info.hf_id] if strict else [pool.name, info.name, info.hf_id]
+    return list(dict.fromkeys(n for n in names if n))
+
+
+def matches(pool: ModelPool, name: str, strict: bool = False) -> bool:
+    if strict:
+        return name in model_names(pool, strict=True)
+    wanted = name.casefold()
+    return any(wanted == n.casefold() for n in model_names(pool))
 
 
 class Scheduler:
@@ -328,20 +344,35 @@ class Scheduler:
 
     # --- lookup ---------------------------------------------------------------------------------
 
-    def pool(self, family: str, model: str | None = None) -> ModelPool:
-        """The pool serving `model` (default: the family's first served model)."""
-        candidates = [pl for pl in self.pools.values() if pl.model.family == family]
-        if model:
-            for pl in candidates:
-                if model in (pl.name, pl.model.info.name, pl.model.info.hf_id):
-                    note(model=pl.name)
-                    return pl
-            served = ", ".join(pl.name for pl in candidates) or "none"
-            raise problems.ModelNotFound(f"Model {model!r} is not served here (served for this route: {served}).")
-        if not candidates:
+    def pool(self, family: str, model: str | None = None,
+             serves: Callable[[ModelPool], bool] | None = None) -> ModelPool:
+        """The pool that answers a request of `family` naming `model` (None: the default).
+
+        A name matches a served model by its served name, catalog name or Hugging Face id,
+        case-insensitively (exactly, served name or Hugging Face id only, with
+        STRICT_MODEL_NAMES). A name that matches nothing reaches the route's only candidate when
+        there is exactly one: upstream serves one model per process and its clients send
+        `"test"` or `"default"`. With several candidates it is 404, listing them. `serves`
+        says which of the family's models can serve this route (video: text- or image-to-video);
+        by default all of them. The caller answers 422 for a named model that cannot.
+        """
+        family_pools = [pl for pl in self.pools.values() if pl.model.family == family]
+        if not family_pools:
             raise problems.ModelNotFound(f"No {family} model is served by this server.")
-        note(model=candidates[0].name)
-        return candidates[0]
+        candidates = [pl for pl in family_pools if serves is None or serves(pl)] or family_pools
+        chosen: ModelPool | None = candidates[0]
+        if model:
+            strict = self.settings.strict_model_names
+            chosen = next((pl for pl in family_pools if matches(pl, model, strict)), None)
+            if chosen is None and not strict and len(candidates) == 1:
+                chosen = candidates[0]
+            if chosen is None:
+                served = ", ".join(pl.name for pl in candidates)
+                raise problems.ModelNotFound(
+                    f"Model {model!r} is not served here (served for this route: {served}).")
+        assert chosen is not None
+        note(model=chosen.name)
+        return chosen
 
     @property
     def watching(self) -> bool:
