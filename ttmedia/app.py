@@ -36,6 +36,7 @@ from ttmedia.routing import AllowedMethods, ConcretePathsFirst
 from ttmedia.requestlog import RequestMiddleware, configure_logging
 from ttmedia.gate import EarlyGate, ReadinessGate, families_by_operation
 from ttmedia.jobs.org import OrganizationCheck, org_scoped_operations
+from ttmedia.legacy import DeprecationHeaders
 from ttmedia.runtime import Runtime
 from ttmedia.served_spec import ServeSpecFile, parse_spec
 from ttmedia.settings import Settings, load_settings
@@ -222,6 +223,10 @@ def create_app(settings: Settings | None = None) -> AsyncApp:
     )
     # The contract as written (not Connexion's resolved copy) at /openapi.yaml and /openapi.json.
     app.add_middleware(ServeSpecFile, position=MiddlewarePosition.BEFORE_SWAGGER, spec_file=spec_path())
+    # Legacy paths: outermost (added first at this position), so every answer is marked, the
+    # early 503s and 413s of RequestMiddleware included; and innermost, for response validation.
+    for position in (MiddlewarePosition.BEFORE_EXCEPTION, MiddlewarePosition.BEFORE_CONTEXT):
+        app.add_middleware(DeprecationHeaders, position=position, sunset=settings.legacy_routes_sunset)
     app.add_middleware(
         RequestMiddleware, position=MiddlewarePosition.BEFORE_EXCEPTION,
         metrics=runtime.metrics, max_body_bytes=settings.max_request_body_bytes,
@@ -234,7 +239,8 @@ def create_app(settings: Settings | None = None) -> AsyncApp:
             allow_methods=["GET", "POST"],
             allow_headers=["Authorization", "Content-Type", "X-Request-ID", settings.org_id_header,
                            "Idempotency-Key", "Range"],
-            expose_headers=["X-Request-ID", "Retry-After", "Location", "Content-Range", "Content-Disposition"],
+            expose_headers=["X-Request-ID", "Retry-After", "Location", "Content-Range", "Content-Disposition",
+                            "Deprecation", "Sunset", "Link"],
         )
     _install_error_handlers(app, spec)
     app.runtime = runtime  # type: ignore[attr-defined]  # for tests and the CLI

@@ -63,6 +63,9 @@ class Settings(BaseSettings):
     max_audio_size_bytes: int = Field(default=50 * 1024 * 1024, ge=1,
                                       description="Upstream: largest audio upload (decoded bytes); else 413.")
     log_level: str = Field(default="info")
+    legacy_routes_sunset: str = Field(
+        default="2026-06-30", pattern=r"^\d{4}-\d{2}-\d{2}$",
+        description="Sunset date announced on upstream's unversioned routes (upstream's own date).")
 
     # --- long-running jobs (video, fine-tuning) --------------------------------------------------
     data_dir: str = Field(default="./data", description="Jobs database (jobs.db) and job outputs.")
