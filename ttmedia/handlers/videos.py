@@ -41,9 +41,13 @@ def _pool(model: str | None, mode: str) -> ModelPool:
 
 def _params(body: dict[str, Any], pool: ModelPool, default_steps: int) -> dict[str, Any]:
     steps = body.get("num_inference_steps")
-    return {"prompt": body["prompt"], "negative_prompt": body.get("negative_prompt"),
-            "num_inference_steps": default_steps if steps is None else int(steps), "seed": body.get("seed"),
-            "model": pool.name}
+    params = {"prompt": body["prompt"], "negative_prompt": body.get("negative_prompt"),
+              "num_inference_steps": default_steps if steps is None else int(steps), "seed": body.get("seed"),
+              "model": pool.name}
+    for optional in ("aspect_ratio", "duration_seconds"):  # echoed only when asked for
+        if body.get(optional) is not None:
+            params[optional] = body[optional]
+    return params
 
 
 async def _create(pool: ModelPool, params: dict[str, Any], digest: str, images: list[tuple[bytes, int]]) -> Response:

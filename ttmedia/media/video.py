@@ -73,11 +73,12 @@ def write_mp4(
 
 
 def synthesize_frames(
-    prompt: str, seed: int, num_frames: int, width: int, height: int
+    prompt: str, seed: int, num_frames: int, width: int, height: int, fps: float = _NOMINAL_FPS
 ) -> Iterator[np.ndarray]:
-    """Deterministic animation: the :func:`synthesize_image` picture with drifting blobs."""
+    """Deterministic animation: the :func:`synthesize_image` picture with drifting blobs, moving
+    at the same speed whatever the frame rate."""
     for index in range(int(num_frames)):
-        picture = render_picture(prompt, seed, width, height, _VIDEO_STEPS, t=index / _NOMINAL_FPS)
+        picture = render_picture(prompt, seed, width, height, _VIDEO_STEPS, t=index / fps)
         yield np.array(picture)
 
 

@@ -230,6 +230,10 @@ class VideoRequest:
     fps: int = 16
     images: list[np.ndarray] = field(default_factory=list)
     frame_positions: list[int] = field(default_factory=list)
+    #: What the client asked for; width/height/num_frames/fps above already honour them (a
+    #: runner with a native resolution may still read them).
+    aspect_ratio: str | None = None  # "16:9", "9:16", ...
+    duration_seconds: float | None = None
 
 
 @dataclass(slots=True)
@@ -257,6 +261,7 @@ class TrainingRequest:
     file_type: str | None = None
     template: str | None = None
     column_mapping: dict[str, str] | None = None
+    dataset_max_sequence_length: int = 64  # longer examples are truncated to this many tokens
     num_epochs: int = 1
     max_steps: int = 0  # 0: no cap
     batch_size: int = 4
