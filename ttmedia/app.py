@@ -170,7 +170,7 @@ def create_app(settings: Settings | None = None) -> AsyncApp:
     configure_logging(settings.log_level, settings.log_format)
     # Connexion warns on every request to an operation that accepts JSON and multipart (audio,
     # CNN uploads), even though it picks the request's own type: noise, not a problem.
-    logging.getLogger("connexion.operations.openapi").setLevel(logging.ERROR)
+    logging.getLogger("connexion.operations.openapi3").setLevel(logging.ERROR)
     runtime = Runtime(settings)
     runtime.metrics.attach(runtime.scheduler)
     spec = load_spec()

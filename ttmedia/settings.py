@@ -63,6 +63,15 @@ class Settings(BaseSettings):
     max_audio_size_bytes: int = Field(default=50 * 1024 * 1024, ge=1,
                                       description="Upstream: largest audio upload (decoded bytes); else 413.")
     log_level: str = Field(default="info")
+    media_url_allowed_domains: str = Field(
+        default="", description="Hosts image URLs may be fetched from (comma-separated; *.example.com for its "
+        "subdomains). Empty: image URLs are refused.")
+    media_url_allowed_networks: str = Field(
+        default="", description="CIDRs fetched from although internal (loopback, private, link-local); "
+        "empty: none.")
+    media_url_max_bytes: int = Field(default=10 * 1024 * 1024, ge=1, description="Largest fetched image; 413 above.")
+    media_url_timeout_seconds: float = Field(default=10.0, gt=0, description="Whole fetch, redirects included.")
+    media_url_max_redirects: int = Field(default=3, ge=0, le=20)
     legacy_routes_sunset: str = Field(
         default="2026-06-30", pattern=r"^\d{4}-\d{2}-\d{2}$",
         description="Sunset date announced on upstream's unversioned routes (upstream's own date).")

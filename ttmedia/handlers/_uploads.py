@@ -52,6 +52,18 @@ def b64decode(text: str, field: str) -> bytes:
         raise problems.InvalidRequest(f"'{field}' is not valid base64.") from None
 
 
+async def image_bytes(value: str, field: str) -> bytes:
+    """An image field's bytes: base64, a `data:` URI, or an http(s) URL (fetched only from the
+    hosts MEDIA_URL_ALLOWED_DOMAINS lists; ttmedia.media_urls). 422 for text that is none of these."""
+    from ttmedia import media_urls
+    from ttmedia.runtime import current
+
+    if media_urls.is_media_url(value):
+        return await media_urls.fetch(current().settings, value, field)
+    payload = value.split(",", 1)[1] if value[:5].lower() == "data:" and "," in value else value
+    return b64decode(payload, field)
+
+
 async def decode_image(data: bytes | str, field: str, size: int | None = None, mode: str = "RGB") -> np.ndarray:
     """Bytes or base64 text → uint8 pixels (resized to size×size if given); 422 if undecodable."""
     def work() -> np.ndarray:

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 from starlette.datastructures import UploadFile
 from starlette.responses import Response
 
-from ttmedia.handlers._uploads import decode_image, upload_bytes
+from ttmedia.handlers._uploads import decode_image, image_bytes, upload_bytes
 from ttmedia.http import json_response
 from ttmedia.runners.types import Classification, ClassifyRequest
 from ttmedia.runtime import current
@@ -57,7 +57,7 @@ async def search_image(body: dict[str, Any], file: UploadFile | None = None) -> 
         data: bytes | str = await upload_bytes(body, file, "file", runtime.settings.max_request_body_bytes)
         pixels = await decode_image(data, "file")
     else:
-        pixels = await decode_image(body["prompt"], "prompt")
+        pixels = await decode_image(await image_bytes(body["prompt"], "prompt"), "prompt")
 
     pixels = await asyncio.to_thread(_center_crop, pixels)
     top_k = body.get("top_k") or DEFAULT_TOP_K
