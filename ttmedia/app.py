@@ -221,8 +221,10 @@ def create_app(settings: Settings | None = None) -> AsyncApp:
         ReadinessGate, position=MiddlewarePosition.BEFORE_VALIDATION,
         runtime=runtime, families=families_by_operation(spec),
     )
-    # The contract as written (not Connexion's resolved copy) at /openapi.yaml and /openapi.json.
-    app.add_middleware(ServeSpecFile, position=MiddlewarePosition.BEFORE_SWAGGER, spec_file=spec_path())
+    # The contract narrowed to this deployment at /openapi.yaml and /openapi.json (the file as
+    # written with ?contract=general), not Connexion's resolved copy.
+    app.add_middleware(ServeSpecFile, position=MiddlewarePosition.BEFORE_SWAGGER, spec_file=spec_path(),
+                       runtime=runtime)
     # Legacy paths: outermost (added first at this position), so every answer is marked, the
     # early 503s and 413s of RequestMiddleware included; and innermost, for response validation.
     for position in (MiddlewarePosition.BEFORE_EXCEPTION, MiddlewarePosition.BEFORE_CONTEXT):

@@ -193,7 +193,8 @@ async def _reference_image(body: dict[str, Any], upload: UploadFile | None) -> b
     flattens it to `input_reference[image_url]`); None for text-to-video."""
     if upload is not None:
         content_type = (upload.content_type or "").split(";")[0].strip().lower()
-        if content_type not in IMAGE_TYPES:
+        # Untyped or generic parts are judged by their bytes (422 if not an image).
+        if content_type not in IMAGE_TYPES and content_type not in ("", "application/octet-stream"):
             raise problems.UnsupportedMediaType(
                 f"'input_reference' is {content_type or 'untyped'}; send image/png, image/jpeg or image/webp.")
         data = await upload_bytes(body, upload, "input_reference", MAX_IMAGE_UPLOAD_BYTES)
