@@ -281,9 +281,11 @@ def _with_mode(body: Schema, mode: str, multipart: bool) -> Schema:
     props = body.get("properties", {})
     keys = ("input_reference", "input_reference[image_url]")
     if mode == "t2v":
-        removed = {key: props.pop(key) for key in keys if key in props}
+        for key in keys:
+            props.pop(key, None)
         if not multipart:  # multipart bodies have additionalProperties: false already
-            body["not"] = {"required": ["input_reference"], "properties": removed}
+            # "has input_reference", whatever its value (the empty schema names it for linters).
+            body["not"] = {"required": ["input_reference"], "properties": {"input_reference": {}}}
     else:
         if multipart:
             props.pop("input_reference[image_url]", None)
