@@ -238,7 +238,7 @@ def create_app(settings: Settings | None = None) -> AsyncApp:
         app.add_middleware(
             CORSMiddleware, position=MiddlewarePosition.BEFORE_EXCEPTION,
             allow_origins=[o.strip() for o in settings.cors_allow_origins.split(",") if o.strip()],
-            allow_methods=["GET", "POST"],
+            allow_methods=["GET", "POST", "DELETE"],
             allow_headers=["Authorization", "Content-Type", "X-Request-ID", settings.org_id_header,
                            "Idempotency-Key", "Range"],
             expose_headers=["X-Request-ID", "Retry-After", "Location", "Content-Range", "Content-Disposition",
