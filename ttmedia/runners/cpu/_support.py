@@ -16,6 +16,7 @@ OFFLINE_ENV = {
     "TRANSFORMERS_OFFLINE": "1",
     "HF_DATASETS_OFFLINE": "1",
     "HF_HUB_DISABLE_TELEMETRY": "1",
+    "HF_HUB_DISABLE_PROGRESS_BARS": "1",  # "Loading weights" bars would fill the worker's log
     "TOKENIZERS_PARALLELISM": "false",  # the worker forks nothing, but the warning is noise
 }
 
@@ -26,6 +27,13 @@ class ModelPackageMissing(RuntimeError):
 
 def go_offline() -> None:
     os.environ.update(OFFLINE_ENV)
+
+
+def quiet_transformers() -> None:
+    """No progress bars from transformers (it reads the variable above only at import)."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
 
 
 def require_package(module: str, distribution: str, what: str) -> Path:

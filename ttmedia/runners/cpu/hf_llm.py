@@ -49,7 +49,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ttmedia.runners.base import Runner, RunnerContext, RunnerRequestError
-from ttmedia.runners.cpu._support import cpu_threads, go_offline, require_module, set_torch_threads
+from ttmedia.runners.cpu._support import (cpu_threads, go_offline, quiet_transformers, require_module,
+                                          set_torch_threads)
 from ttmedia.runners.types import Completion, LLMRequest, TokenChunk
 
 if TYPE_CHECKING:
@@ -114,9 +115,8 @@ class HFTokenizer:
     def __init__(self, directory: Path, chat_template: str | None = None, max_model_length: Any = None) -> None:
         go_offline()
         from transformers import AutoTokenizer
-        from transformers.utils import logging as hf_logging
 
-        hf_logging.disable_progress_bar()
+        quiet_transformers()
         self.hf = AutoTokenizer.from_pretrained(str(directory), local_files_only=True)
         if chat_template:
             self.hf.chat_template = chat_template

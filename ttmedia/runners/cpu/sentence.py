@@ -30,8 +30,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ttmedia.runners.base import Runner, RunnerContext, RunnerRequestError
-from ttmedia.runners.cpu._support import (cpu_threads, go_offline, require_module, require_package,
-                                          set_torch_threads)
+from ttmedia.runners.cpu._support import (cpu_threads, go_offline, quiet_transformers, require_module,
+                                          require_package, set_torch_threads)
 from ttmedia.runners.types import EmbeddingRequest, EmbeddingResult
 
 if TYPE_CHECKING:
@@ -124,9 +124,10 @@ class SentenceTransformerRunner(Runner):
         set_torch_threads(self.threads)
         from sentence_transformers import SentenceTransformer
 
+        quiet_transformers()
         self.model = SentenceTransformer(str(directory), device="cpu", local_files_only=True)
         self.model.eval()
-        self.size = int(self.model.get_sentence_embedding_dimension() or DIMENSIONS)
+        self.size = int(self.model.get_embedding_dimension() or DIMENSIONS)
         self.max_tokens = int(self.model.max_seq_length or MAX_SEQ_LENGTH)
         self.tokenizer = self.load_tokenizer(self.ctx)
         self.run([EmbeddingRequest(["warm up"])])

@@ -73,6 +73,9 @@ def joined_model_dir(cache_dir: Path | None = None) -> Path:
         return target
     root.mkdir(parents=True, exist_ok=True)
     scratch = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=root))
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(scratch, 0o777 & ~umask)  # mkdtemp's 0700 would hide the model from other users of the cache
     try:
         with open(scratch / "model.bin", "wb") as out:
             for half in halves:
