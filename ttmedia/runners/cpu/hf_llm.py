@@ -304,7 +304,9 @@ class HFCausalLMRunner(Runner):
         return results
 
     def stream(self, request: LLMRequest) -> Iterator[TokenChunk | Completion]:
-        return self._generate(request)
+        # A generator function itself (not a function returning one), so that a harness that
+        # asks inspect.isgeneratorfunction() sees what it is.
+        yield from self._generate(request)
 
     def _sampling(self, request: LLMRequest) -> Sampling:
         temperature = request.temperature if request.temperature is not None else self.defaults.get("temperature", 0.0)
