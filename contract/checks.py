@@ -159,8 +159,11 @@ EMBEDDING_DIMENSIONS = min(
 
 
 def _breaks_model_rule(family: str, path: str, body: dict[str, Any]) -> bool:
-    from ttmedia.handlers.text import _render_chat as render_chat
     from ttmedia.runners.sim import tokenizer
+
+    def render_chat(messages: list[dict[str, Any]]) -> str:
+        continuing = bool(messages) and isinstance(messages[-1], dict) and messages[-1].get("role") == "assistant"
+        return tokenizer.SimTokenizer().apply_chat_template(messages, continue_final_message=continuing)
 
     if path.endswith("/detokenize"):
         tokens = body.get("tokens")

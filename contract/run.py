@@ -68,7 +68,7 @@ FAULT_ENV = {
     "WORKER_RESTART_BACKOFF_MAX_SECONDS": "0.5",
     "MAX_WORKER_RESTART_COUNT": "100000",  # keep restarting: a failed model would only answer 503
 }
-NOT_READY_REASONS = {"warming_up", "no_workers", "init_failed", "draining", "worker_lost"}
+NOT_READY_REASONS = {"warming_up", "no_workers", "init_failed", "draining", "worker_lost", "device_error"}
 EXIT_SERVER = 3
 EXIT_TIMEOUT = 124
 

@@ -114,3 +114,17 @@ def test_the_spec_is_still_checked_at_start_up_by_the_compiled_validator() -> No
         with pytest.raises(InvalidSpecification, match="paths//health/get/responses/200"):
             Specification.load(broken)
     assert "_validate_spec" not in OpenAPISpecification.__dict__  # Connexion's own check is back
+
+
+def test_response_validation_is_compiled_and_still_strict() -> None:
+    from connexion.exceptions import NonConformingResponseBody
+
+    from ttmedia.validation import CompiledJSONResponseBodyValidator
+
+    schema = {"type": "object", "required": ["a"],
+              "properties": {"a": {"type": "integer"}, "b": {"type": "string", "format": "date-time", "nullable": True}}}
+    validator = CompiledJSONResponseBodyValidator({"type": "http"}, schema=schema, encoding="utf-8")
+    validator._validate({"a": 1, "b": None})
+    for bad in ({"a": "x"}, {}, {"a": 1, "b": "not a date"}):
+        with pytest.raises(NonConformingResponseBody):
+            validator._validate(bad)

@@ -33,6 +33,9 @@ class Metrics:
         self.latency = Histogram(
             "ttmedia_http_request_duration_seconds", "Time to the response's first byte, by operation.",
             ["operation"], buckets=LATENCY_BUCKETS, registry=self.registry)
+        self.stream_failures = Counter(
+            "ttmedia_stream_failures_total", "Streams that failed after their 200 was sent, by reason.",
+            ["reason"], registry=self.registry)
         self.not_ready = Counter(
             "ttmedia_not_ready_responses_total", "503 answers by readiness reason.",
             ["reason"], registry=self.registry)

@@ -120,7 +120,7 @@ class NotReady(Problem):
     """503: the model cannot serve now. `reason` is one of the readiness reasons in DESIGN.md."""
 
     status = 503
-    REASONS = ("warming_up", "no_workers", "init_failed", "draining", "worker_lost")
+    REASONS = ("warming_up", "no_workers", "init_failed", "draining", "worker_lost", "device_error")
 
     def __init__(self, detail: str, *, reason: str, retry_after: float, **extra: object) -> None:
         if reason not in self.REASONS:

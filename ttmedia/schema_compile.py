@@ -43,8 +43,10 @@ def to_json_schema(schema: t.Any) -> t.Any:
     return out
 
 
-def compile_validator(schema: dict[str, t.Any]) -> t.Any:
-    return jsonschema_rs.Draft4Validator(to_json_schema(schema), validate_formats=False)
+def compile_validator(schema: dict[str, t.Any], formats: bool = False) -> t.Any:
+    """Requests skip formats (Connexion does too); responses check the standard ones, as
+    Connexion's response validator does."""
+    return jsonschema_rs.Draft4Validator(to_json_schema(schema), validate_formats=formats)
 
 
 def error_text(error: jsonschema_rs.ValidationError) -> str:

@@ -24,6 +24,7 @@ class Settings(BaseSettings):
     device: str = Field(default="n150", description="TT device type; selects the timing profile.")
     device_ids: str = Field(default="", description='Device groups for MODEL, e.g. "(0),(1)".')
     served_model_name: str = Field(default="", description="Upstream: overrides the id of the single MODEL.")
+    model_runner: str = Field(default="", description="Upstream: the runner of the single MODEL (a name or module:Class).")
 
     # --- scheduler ------------------------------------------------------------------------------
     max_batch_size: int = Field(default=1, ge=1, le=256)
@@ -36,6 +37,10 @@ class Settings(BaseSettings):
     worker_restart_backoff_max_seconds: float = Field(default=30.0, ge=0)
     worker_heartbeat_seconds: float = Field(default=1.0, gt=0)
     worker_heartbeat_timeout_seconds: float = Field(default=15.0, gt=0)
+    warmup_timeout_seconds: float = Field(default=3600.0, gt=0,
+                                          description="A warmup still running after this fails the worker's init.")
+    canary_interval_seconds: float = Field(default=60.0, ge=0,
+                                           description="Idle time before a runner's canary request runs; 0: never.")
     retry_after_max_seconds: float = Field(default=60.0, ge=1,
                                            description="Cap of every Retry-After estimate.")
     drain_grace_seconds: float = Field(default=30.0, ge=0)

@@ -23,7 +23,8 @@ export async function complete(base: string, prompt: string): Promise<string> {
   const response = await post(base, "/v1/completions", request);
   if (response.status === 503) {
     const problem = (await response.json()) as NotReady;
-    const reason: "warming_up" | "no_workers" | "init_failed" | "draining" | "worker_lost" = problem.reason;
+    const reason: "warming_up" | "no_workers" | "init_failed" | "draining" | "worker_lost" | "device_error" =
+      problem.reason;
     throw new Error(`not ready (${reason}); retry after ${response.headers.get("Retry-After")} s`);
   }
   if (!response.ok) throw new Error(((await response.json()) as Problem).detail);

@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from dataclasses import asdict
 from typing import Any
 
 import orjson
 from starlette.datastructures import UploadFile
 from starlette.responses import Response, StreamingResponse
 
-from ttmedia import problems
+from ttmedia.handlers._calls import stream_failure
 from ttmedia.handlers._uploads import decode_audio, upload_bytes
 from ttmedia.http import json_response
-from ttmedia.runners.sim import tokenizer
+from ttmedia.runners.types import Segment, Transcription, TranscriptionRequest
 from ttmedia.runtime import current
 
 #: Upstream's default; a superset of OpenAI's `json`, so OpenAI clients read it too.
@@ -28,27 +29,39 @@ async def create_translation(body: dict[str, Any], file: UploadFile | None = Non
     return await _run(body, file, "translate")
 
 
+def _temperatures(body: dict[str, Any]) -> list[float]:
+    """Whisper's fallback schedule: `temperatures` (a number or "0.0,0.2,..."), else `temperature`."""
+    value = body.get("temperatures")
+    if isinstance(value, int | float):
+        return [float(value)]
+    if isinstance(value, str) and value.strip():
+        return [float(t) for t in value.split(",") if t.strip()]
+    return [float(body.get("temperature") or 0.0)]
+
+
 async def _run(body: dict[str, Any], file: UploadFile | None, task: str) -> Response:
     runtime = current()
     pool = runtime.scheduler.pool("audio", body.get("model"))
     data = await upload_bytes(body, file, "file", runtime.settings.max_audio_size_bytes)
-    samples = await decode_audio(data)
-    payload = {"samples": samples, "task": task, "language": body.get("language")}
+    request = TranscriptionRequest(
+        await decode_audio(data), task=task,  # type: ignore[arg-type]
+        language=body.get("language"), prompt=body.get("prompt"), temperatures=_temperatures(body),
+        compression_ratio_threshold=body.get("compression_ratio_threshold"),
+        logprob_threshold=body.get("logprob_threshold"), no_speech_threshold=body.get("no_speech_threshold"))
     fmt = body.get("response_format") or DEFAULT_FORMAT
     if body.get("stream"):
         # Admitted now, so 429/503 still come as a status; the lines follow as segments finish.
-        return StreamingResponse(_lines(pool.open_stream(payload), fmt), media_type=NDJSON)
-    return _render(await pool.submit(payload), fmt)
+        return StreamingResponse(_lines(pool.open_stream(request), fmt), media_type=NDJSON)
+    return _render(await pool.submit(request), fmt)
 
 
-def _verbose(result: dict[str, Any]) -> dict[str, Any]:
-    segments = [
-        {**s, "seek": int(s["start"] * 100), "tokens": tokenizer.encode(s["text"]), "temperature": 0.0,
-         "avg_logprob": -0.25, "compression_ratio": 1.2, "no_speech_prob": 0.01}
-        for s in result["segments"]
-    ]
-    return {"task": result["task"], "language": result["language"], "duration": result["duration"],
-            "text": result["text"], "segments": segments}
+def _segment(s: Segment) -> dict[str, Any]:
+    return {**asdict(s), "seek": int(s.start * 100)}
+
+
+def _verbose(result: Transcription) -> dict[str, Any]:
+    return {"task": result.task, "language": result.language, "duration": result.duration,
+            "text": result.text, "segments": [_segment(s) for s in result.segments]}
 
 
 def _timestamp(seconds: float, sep: str) -> str:
@@ -56,36 +69,34 @@ def _timestamp(seconds: float, sep: str) -> str:
     return f"{ms // 3_600_000:02d}:{ms // 60_000 % 60:02d}:{ms // 1000 % 60:02d}{sep}{ms % 1000:03d}"
 
 
-def _subtitles(segments: list[dict[str, Any]], vtt: bool) -> str:
+def _subtitles(segments: list[Segment], vtt: bool) -> str:
     cues = []
     for n, s in enumerate(segments, 1):
         sep = "." if vtt else ","
-        times = f"{_timestamp(s['start'], sep)} --> {_timestamp(s['end'], sep)}"
-        cues.append(f"{times}\n{s['text'].strip()}\n" if vtt else f"{n}\n{times}\n{s['text'].strip()}\n")
+        times = f"{_timestamp(s.start, sep)} --> {_timestamp(s.end, sep)}"
+        cues.append(f"{times}\n{s.text.strip()}\n" if vtt else f"{n}\n{times}\n{s.text.strip()}\n")
     return ("WEBVTT\n\n" if vtt else "") + "\n".join(cues)
 
 
-def _render(result: dict[str, Any], fmt: str) -> Response:
+def _render(result: Transcription, fmt: str) -> Response:
     if fmt == "text":
-        return Response(result["text"] + "\n", media_type="text/plain")
+        return Response(result.text + "\n", media_type="text/plain")
     if fmt in ("srt", "vtt"):
-        return Response(_subtitles(result["segments"], fmt == "vtt"),
+        return Response(_subtitles(result.segments, fmt == "vtt"),
                         media_type="text/vtt" if fmt == "vtt" else "text/plain")
     if fmt == "verbose_json":
         return json_response(_verbose(result))
-    return json_response({"text": result["text"], "duration": result["duration"]})
+    return json_response({"text": result.text, "duration": result.duration})
 
 
-async def _lines(chunks: AsyncIterator[dict[str, Any]], fmt: str) -> AsyncIterator[bytes]:
+async def _lines(chunks: AsyncIterator[Any], fmt: str) -> AsyncIterator[bytes]:
     try:
         async for chunk in chunks:
-            if chunk.get("final"):
-                final = _verbose(chunk) if fmt == "verbose_json" else {"text": chunk["text"],
-                                                                       "duration": chunk["duration"]}
+            if isinstance(chunk, Transcription):
+                final = _verbose(chunk) if fmt == "verbose_json" else {"text": chunk.text, "duration": chunk.duration}
                 yield orjson.dumps(final) + b"\n"
                 return
-            yield orjson.dumps({"chunk_id": chunk["chunk_id"], "text": chunk["text"]}) + b"\n"
+            if isinstance(chunk, Segment):
+                yield orjson.dumps({"chunk_id": chunk.id, "text": chunk.text}) + b"\n"
     except Exception as exc:  # noqa: BLE001 - the status line is gone: report in-band, as a last line
-        error = ({"message": exc.detail, "type": exc.reason, "code": exc.status} if isinstance(exc, problems.Problem)
-                 else {"message": "internal error", "type": "internal", "code": 500})
-        yield orjson.dumps({"text": "", "error": error}) + b"\n"
+        yield orjson.dumps({"text": "", "error": stream_failure(exc)}) + b"\n"

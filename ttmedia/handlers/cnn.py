@@ -10,6 +10,7 @@ from starlette.responses import Response
 
 from ttmedia.handlers._uploads import decode_image, upload_bytes
 from ttmedia.http import json_response
+from ttmedia.runners.types import Classification, ClassifyRequest
 from ttmedia.runtime import current
 
 if TYPE_CHECKING:
@@ -34,8 +35,8 @@ def _center_crop(pixels: np.ndarray) -> np.ndarray:
     return np.asarray(img.crop((left, top, left + INPUT_SIZE, top + INPUT_SIZE)), dtype=np.uint8)
 
 
-def _format(result: dict[str, Any], min_confidence: float, verbose: bool) -> Any:
-    rows = [(label, p * 100, i) for label, p, i in zip(result["labels"], result["probabilities"], result["indices"],
+def _format(result: Classification, min_confidence: float, verbose: bool) -> Any:
+    rows = [(label, p * 100, i) for label, p, i in zip(result.labels, result.probabilities, result.indices,
                                                         strict=True)]
     top_label, top_p, _ = rows[0]
     kept = [r for r in rows if r[1] >= min_confidence]
@@ -62,6 +63,6 @@ async def search_image(body: dict[str, Any], file: UploadFile | None = None) -> 
     top_k = body.get("top_k") or DEFAULT_TOP_K
     min_confidence = body.get("min_confidence")
     min_confidence = DEFAULT_MIN_CONFIDENCE if min_confidence is None else float(min_confidence)
-    result = await pool.submit({"pixels": pixels, "top_k": top_k})
+    result: Classification = await pool.submit(ClassifyRequest(pixels, top_k))
     verbose = body.get("response_format") == "verbose_json"
     return json_response({"image_data": [_format(result, min_confidence, verbose)], "status": "success"})

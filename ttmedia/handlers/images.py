@@ -1,53 +1,57 @@
-"""Image generation."""
+"""Image generation, image-to-image and edits."""
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import time
+from dataclasses import replace
 from typing import Any
 
 from starlette.responses import Response
 
 from ttmedia import problems
+from ttmedia.handlers._calls import all_or_nothing
 from ttmedia.http import json_response
+from ttmedia.runners.types import EncodedImage, ImageRequest
 from ttmedia.runtime import current
+from ttmedia.scheduler.pool import ModelPool
 
 
-def _image_request(body: dict[str, Any], pool_options: dict[str, Any], model: str) -> dict[str, Any]:
+def _image_request(body: dict[str, Any], pool: ModelPool, size: int) -> ImageRequest:
     steps = body.get("num_inference_steps") or 20
-    min_steps = int(pool_options.get("min_steps", 1))
+    min_steps = int(pool.model.info.options.get("min_steps", 1))
     if steps < min_steps:
-        raise problems.InvalidRequest(f"{model} needs num_inference_steps >= {min_steps} (got {steps}).")
+        raise problems.InvalidRequest(f"{pool.name} needs num_inference_steps >= {min_steps} (got {steps}).")
+    return ImageRequest(
+        prompt=body["prompt"], negative_prompt=body.get("negative_prompt"), num_inference_steps=steps,
+        guidance_scale=body.get("guidance_scale"), seed=body.get("seed") or 0, width=size, height=size,
+        output_format=(body.get("image_return_format") or "JPEG").upper(),
+        output_quality=body.get("image_quality") or 85)
+
+
+def _size(body: dict[str, Any], pool: ModelPool) -> int:
     size = body.get("size")
-    return {
-        "prompt": body["prompt"],
-        "negative_prompt": body.get("negative_prompt"),
-        "num_inference_steps": steps,
-        "seed": body.get("seed"),
-        "image_return_format": body.get("image_return_format") or "JPEG",
-        "image_quality": body.get("image_quality") or 85,
-        "guidance_scale": body.get("guidance_scale"),
-        "size": int(size.split("x")[0]) if size else None,
-    }
+    return int(size.split("x")[0]) if size else int(pool.model.info.options.get("size", 1024))
+
+
+async def _generate(pool: ModelPool, request: ImageRequest, count: int) -> list[str]:
+    """One request per image, as upstream (they batch on the device when MAX_BATCH_SIZE
+    allows); one failing fails them all, and the rest are withdrawn."""
+    results: list[EncodedImage] = await all_or_nothing(
+        pool.submit(replace(request, seed=request.seed + i)) for i in range(count))
+    return [base64.b64encode(r.data).decode("ascii") for r in results]
 
 
 async def create_image(body: dict[str, Any]) -> Response:
     started = time.monotonic()
     pool = current().scheduler.pool("image", body.get("model"))
-    request = _image_request(body, pool.model.info.options, pool.name)
-    count = body.get("n") or body.get("number_of_images") or 1
-    seed = request["seed"] if request["seed"] is not None else 0
-    # One request per image, as upstream: they batch on the device when MAX_BATCH_SIZE allows.
-    results = await asyncio.gather(*(pool.submit({**request, "seed": seed + i}) for i in range(count)))
-    encoded = [base64.b64encode(r["image"]).decode("ascii") for r in results]
+    request = _image_request(body, pool, _size(body, pool))
+    encoded = await _generate(pool, request, body.get("n") or body.get("number_of_images") or 1)
     if body.get("response_format") == "b64_json":
         return json_response({"created": int(time.time()), "data": [{"b64_json": e} for e in encoded]})
     return json_response({"images": encoded, "generation_time": round(time.monotonic() - started, 4),
                           "model": pool.name})
 
-
-# --- image-to-image and edits ---------------------------------------------------------------------
 
 async def create_image_to_image(body: dict[str, Any]) -> Response:
     return await _transform(body, "image-to-image")
@@ -62,14 +66,13 @@ async def _transform(body: dict[str, Any], task: str) -> Response:
 
     started = time.monotonic()
     pool = current().scheduler.pool("image", body.get("model"))
-    request = _image_request(body, pool.model.info.options, pool.name)
-    size = request.pop("size") or int(pool.model.info.options.get("size", 1024))
+    size = _size(body, pool)
+    request = _image_request(body, pool, size)
     # Decoded here, not on the device worker: a broken upload is the client's 422, not a runner error.
-    request["image"] = await decode_image(body["image"], "image", size)
-    request["mask"] = await decode_image(body["mask"], "mask", size, mode="L") if task == "edit" else None
-    request.update(task=task, strength=float(body.get("strength", 1.0 if task == "edit" else 0.6)))
-    count = body.get("number_of_images") or 1
-    seed = request["seed"] if request["seed"] is not None else 0
-    results = await asyncio.gather(*(pool.submit({**request, "seed": seed + i}) for i in range(count)))
-    return json_response({"images": [base64.b64encode(r["image"]).decode("ascii") for r in results],
-                          "generation_time": round(time.monotonic() - started, 4), "model": pool.name})
+    request.image = await decode_image(body["image"], "image", size)
+    request.mask = await decode_image(body["mask"], "mask", size, mode="L") if task == "edit" else None
+    request.task = task  # type: ignore[assignment]
+    request.strength = float(body.get("strength", 1.0 if task == "edit" else 0.6))
+    encoded = await _generate(pool, request, body.get("number_of_images") or 1)
+    return json_response({"images": encoded, "generation_time": round(time.monotonic() - started, 4),
+                          "model": pool.name})

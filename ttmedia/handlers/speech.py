@@ -13,6 +13,7 @@ from ttmedia import problems
 from ttmedia.handlers._uploads import b64decode
 from ttmedia.http import json_response
 from ttmedia.media.errors import EncoderUnavailable
+from ttmedia.runners.types import Speech, SpeechRequest
 from ttmedia.runtime import current
 
 MAX_CHARS = 20_000
@@ -45,8 +46,8 @@ async def create_speech(body: dict[str, Any]) -> Response:
         raise problems.InvalidRequest(f"'text' has {len(text)} characters; the limit is {MAX_CHARS}.")
     fmt = str(body.get("response_format") or "wav").lower()
     speaker_id, voice = _speaker(body)
-    result = await pool.submit({"text": text, "speaker": voice})
-    samples, rate = result["samples"], int(result["sample_rate"])
+    result: Speech = await pool.submit(SpeechRequest(text, voice, float(body.get("speed") or 1.0)))
+    samples, rate = result.samples, int(result.sample_rate)
     from ttmedia.media import audio
 
     if fmt in ("json", "verbose_json"):

@@ -11,6 +11,7 @@ from ttmedia.http import json_response
 from ttmedia.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from ttmedia.runtime import current
 from ttmedia.scheduler.devices import format_group
+from ttmedia.scheduler.scheduler import ResetFailed
 
 #: `created` in /v1/models: fixed, as upstream, since simulated models have no build date.
 MODEL_CREATED = 1700000000
@@ -38,14 +39,20 @@ async def get_liveness() -> Response:
 
 
 async def deep_reset() -> Response:
-    count = current().scheduler.deep_reset()
+    try:
+        count = await current().scheduler.deep_reset()
+    except ResetFailed as exc:
+        raise problems.Internal(f"The reset command failed; no worker was restarted: {exc}") from None
     return json_response({"status": "Reset scheduled", "workers": count}, status=202)
 
 
 async def reset_device(device_id: str) -> Response:
     scheduler = current().scheduler
     worker = scheduler.find_worker(device_id)
-    scheduler.reset_worker(worker)
+    try:
+        await scheduler.reset_worker(worker)
+    except ResetFailed as exc:
+        raise problems.Internal(f"The reset command failed; the worker was not restarted: {exc}") from None
     return json_response({"status": f"Reset of device {device_id} scheduled", "workers": 1}, status=202)
 
 
@@ -64,6 +71,9 @@ async def list_models() -> Response:
             "state": state.value,
             "routes": list(pool.model.info.routes),
             "devices": [format_group(g) for g in pool.model.groups],
+            "runner": pool.model.runner,
+            "runner_target": pool.model.runner_target,
+            "simulated": pool.model.simulated,
         })
     return json_response({"object": "list", "data": data})
 

@@ -16,6 +16,15 @@ from typing import Any
 
 from ttmedia.jobs.models import CHECKPOINT_ID_RE, Job, JobType, valid_job_id
 from ttmedia.jobs.store import JobStore
+from ttmedia.runners.types import (
+    Progress,
+    TrainingEvent,
+    TrainingRequest,
+    TrainingResult,
+    VideoRequest,
+    VideoResult,
+    from_fields,
+)
 from ttmedia.settings import Settings
 
 VIDEO_FILE = "video.mp4"
@@ -40,15 +49,17 @@ class JobKind:
     def dir(self, job: Job) -> Path:
         return job_dir(self.store.data_dir, job.id)
 
-    async def prepare(self, job: Job) -> dict[str, Any]:
+    async def prepare(self, job: Job) -> Any:
+        """The runner's typed request for this run (ttmedia.runners.types)."""
         raise NotImplementedError
 
-    def on_chunk(self, job: Job, chunk: dict[str, Any]) -> int | None:
+    def on_chunk(self, job: Job, chunk: Any) -> int | None:
         """Record a chunk; return the new progress (0..100) if it carries one."""
-        progress = chunk.get("progress")
-        return None if progress is None else max(0, min(100, int(progress)))
+        if isinstance(chunk, Progress):
+            return max(0, min(100, int(chunk.percent)))
+        return None
 
-    def finish(self, job: Job, final: dict[str, Any]) -> dict[str, Any] | None:
+    def finish(self, job: Job, final: Any) -> dict[str, Any] | None:
         """Check the run's output; return the job's `result` (raise if the output is missing)."""
         raise NotImplementedError
 
@@ -58,26 +69,26 @@ class JobKind:
 
 
 class VideoKind(JobKind):
-    async def prepare(self, job: Job) -> dict[str, Any]:
+    async def prepare(self, job: Job) -> VideoRequest:
         s = self.settings
         out = self.dir(job)
         out.mkdir(parents=True, exist_ok=True)
-        payload = {**job.payload, "num_frames": s.sim_video_frames, "width": s.sim_video_width,
-                   "height": s.sim_video_height, "fps": 16, "output_path": str(out / VIDEO_FILE)}
+        request: VideoRequest = from_fields(
+            VideoRequest, job.payload, num_frames=s.sim_video_frames, width=s.sim_video_width,
+            height=s.sim_video_height, fps=16, output_path=str(out / VIDEO_FILE))
         inputs = self.store.inputs(job.id)
         if inputs:
             # Decoded per run, not stored decoded: the store keeps what the client sent.
-            payload["images"] = await asyncio.to_thread(
-                _decode_all, inputs, s.sim_video_width, s.sim_video_height)
-        return payload
+            request.images = await asyncio.to_thread(_decode_all, inputs, s.sim_video_width, s.sim_video_height)
+        return request
 
-    def finish(self, job: Job, final: dict[str, Any]) -> dict[str, Any]:
+    def finish(self, job: Job, final: VideoResult) -> dict[str, Any]:
         path = self.dir(job) / VIDEO_FILE
         if not path.is_file() or path.stat().st_size == 0:
             raise RuntimeError("the runner reported success but wrote no video")
         return {"download_url": f"/v1/videos/generations/{job.id}/download", "content_type": "video/mp4",
-                "bytes": path.stat().st_size, "frames": final.get("frames"), "width": final.get("width"),
-                "height": final.get("height"), "fps": final.get("fps")}
+                "bytes": path.stat().st_size, "frames": final.frames, "width": final.width,
+                "height": final.height, "fps": final.fps}
 
 
 def _decode_all(blobs: list[bytes], width: int, height: int) -> list[Any]:
@@ -94,7 +105,7 @@ def _decode_all(blobs: list[bytes], width: int, height: int) -> list[Any]:
 
 
 class TrainingKind(JobKind):
-    async def prepare(self, job: Job) -> dict[str, Any]:
+    async def prepare(self, job: Job) -> TrainingRequest:
         out = self.dir(job) / CHECKPOINT_DIR
         out.mkdir(parents=True, exist_ok=True)
         resume = 0
@@ -105,30 +116,31 @@ class TrainingKind(JobKind):
             resume = max((c["step"] for c in saved), default=0)
             self.store.forget_after(job.id, resume)
             self._log(job, resume, f"Attempt {job.attempts}: resuming from step {resume}.")
-        return {**job.payload, "checkpoint_dir": str(out), "resume_step": resume}
+        return from_fields(TrainingRequest, job.payload, job_id=job.id, checkpoint_dir=str(out), resume_step=resume)
 
-    def on_chunk(self, job: Job, chunk: dict[str, Any]) -> int | None:
-        kind = chunk.get("kind")
-        step = int(chunk.get("global_step", chunk.get("step", 0)) or 0)
-        if kind == "metric":
-            record = {k: chunk[k] for k in ("global_step", "epoch", "metric_name", "value", "learning_rate")
-                      if k in chunk}
-            self.store.add_record(job.id, "metric", step, {**record, "timestamp": int(time.time())})
-        elif kind == "log":
-            self._log(job, step, str(chunk.get("message", "")), chunk.get("type", "info"))
-        elif kind == "checkpoint":
-            self.store.add_checkpoint(job.id, str(chunk["id"]), step, int(chunk.get("epoch", 0)),
-                                      dict(chunk.get("metrics") or {}))
+    def on_chunk(self, job: Job, chunk: Any) -> int | None:
+        if isinstance(chunk, TrainingEvent):
+            step = chunk.step
+            if chunk.kind == "metric":
+                record: dict[str, Any] = {"global_step": step, "epoch": chunk.epoch, "metric_name": chunk.metric_name,
+                                          "value": chunk.value}
+                if chunk.learning_rate is not None:
+                    record["learning_rate"] = chunk.learning_rate
+                self.store.add_record(job.id, "metric", step, {**record, "timestamp": int(time.time())})
+            elif chunk.kind == "log":
+                self._log(job, step, chunk.message, chunk.level)
+            elif chunk.kind == "checkpoint":
+                self.store.add_checkpoint(job.id, chunk.id, step, chunk.epoch, dict(chunk.metrics))
         return super().on_chunk(job, chunk)
 
     def _log(self, job: Job, step: int, message: str, kind: str = "info") -> None:
         self.store.add_record(job.id, "log", step, {"timestamp": int(time.time()), "type": kind, "step": step,
                                                     "message": message})
 
-    def finish(self, job: Job, final: dict[str, Any]) -> dict[str, Any]:
-        self._log(job, int(final.get("step", 0)), f"Training finished at step {final.get('step', 0)}.")
+    def finish(self, job: Job, final: TrainingResult) -> dict[str, Any]:
+        self._log(job, final.step, f"Training finished at step {final.step}.")
         checkpoints = self.store.checkpoints(job.id)
-        return {"steps": final.get("step"), "final_loss": final.get("loss"),
+        return {"steps": final.step, "final_loss": final.loss,
                 "checkpoints": len(checkpoints), "last_checkpoint": checkpoints[-1]["id"] if checkpoints else None}
 
     def discard(self, job: Job) -> None:

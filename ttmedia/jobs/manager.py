@@ -35,6 +35,7 @@ from ttmedia.jobs.models import (
     JobType,
 )
 from ttmedia.jobs.store import JobStore
+from ttmedia.runners.types import FINAL_TYPES
 from ttmedia.scheduler.pool import ModelPool
 from ttmedia.scheduler.scheduler import Scheduler
 from ttmedia.settings import Settings
@@ -230,12 +231,12 @@ class JobManager:
             self._fail(job, PROCESSING_ERROR, f"{type(exc).__name__}: {exc}")
 
     async def _stream(self, job: Job, pool: ModelPool, kind: JobKind) -> dict[str, Any] | None:
-        payload = await kind.prepare(job)
-        stream = pool.open_stream(payload)
+        request = await kind.prepare(job)
+        stream = pool.open_stream(request)
         last = 0
         try:
             async for chunk in stream:
-                if chunk.get("final"):
+                if isinstance(chunk, FINAL_TYPES):
                     return await asyncio.to_thread(kind.finish, job, chunk)
                 progress = kind.on_chunk(job, chunk)
                 if progress is not None and progress != last:

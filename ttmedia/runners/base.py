@@ -103,6 +103,10 @@ class Runner:
     family: ClassVar[str | None] = None
     #: True for the simulators that stand in for TT models; /v1/models reports it.
     simulated: ClassVar[bool] = False
+    #: Import names of the Python packages the runner needs (weights included). A model whose
+    #: packages are missing is `failed` at start-up, with the names in its error, and the
+    #: default models fall back to a simulator; nothing is ever downloaded.
+    requires: ClassVar[tuple[str, ...]] = ()
     #: How many run()/stream() calls the worker may have in flight at once.
     max_concurrency: int = 1
     #: Batch sizes run() accepts (traced models run fixed shapes). None: any size up to the

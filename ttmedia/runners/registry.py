@@ -42,14 +42,30 @@ def available() -> dict[str, str]:
     return found
 
 
-def load(name: str) -> type[Runner]:
+def target_of(name: str) -> str:
+    """The `module:Class` import target of a runner name (or of a target, which is its own)."""
+    if ":" in name:
+        return name
     # Built-in names need no entry-point scan: reading every installed distribution's metadata
     # costs ~0.1 s, paid by every worker at start-up.
     target = BUILTIN.get(name) or available().get(name)
     if target is None:
-        raise UnknownRunner(f"no runner named {name!r}; known: {', '.join(sorted(available()))}")
+        raise UnknownRunner(f"no runner named {name!r}; known: {', '.join(sorted(available()))} "
+                            "(or give an import target, package.module:Class)")
+    return target
+
+
+def load(name: str) -> type[Runner]:
+    """The Runner class of a registered name or a `package.module:Class` import target."""
+    target = target_of(name)
     module_name, _, attr = target.partition(":")
-    cls = getattr(importlib.import_module(module_name), attr)
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        if exc.name and module_name.startswith(exc.name):
+            raise UnknownRunner(f"runner {name!r}: no module {module_name!r}") from None
+        raise
+    cls = getattr(module, attr, None)
     if not (isinstance(cls, type) and issubclass(cls, Runner)):
-        raise UnknownRunner(f"{target} is not a Runner subclass")
+        raise UnknownRunner(f"runner {name!r}: {target} is not a ttmedia Runner subclass")
     return cls

@@ -23,7 +23,7 @@ Arrays are numpy arrays (imported lazily: the server starts without numpy).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeAlias
 
 if TYPE_CHECKING:
@@ -329,3 +329,10 @@ FAMILIES: dict[str, tuple[type, type]] = {
 }
 
 FINAL_TYPES: tuple[type, ...] = tuple(result for _, result in FAMILIES.values())
+
+
+def from_fields(cls: type[Any], values: dict[str, Any], **overrides: Any) -> Any:
+    """A request of type `cls` from a dict that may hold more (a stored job's parameters):
+    unknown keys and None values are left out, so the type's defaults apply."""
+    names = {f.name for f in fields(cls)}
+    return cls(**{k: v for k, v in {**values, **overrides}.items() if k in names and v is not None})

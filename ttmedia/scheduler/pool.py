@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import logging
 import math
 import time
 from collections import deque
@@ -17,11 +18,16 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ttmedia import problems
+from ttmedia.runners import registry
+from ttmedia.runners.types import FINAL_TYPES, Progress, TokenChunk, Tokenizer
 from ttmedia.scheduler import protocol as p
 from ttmedia.scheduler.devices import ServedModel
+from ttmedia.scheduler.protocol import RunnerInfo
 from ttmedia.scheduler.readiness import ModelState, WorkerState, derive_state, retry_after
 from ttmedia.scheduler.worker import WorkerHandle
 from ttmedia.settings import Settings
+
+log = logging.getLogger("ttmedia.scheduler")
 
 _ids = itertools.count(1)
 
@@ -45,7 +51,7 @@ _STREAM_FAILED = object()
 class Ticket:
     """One request's journey through the scheduler."""
 
-    payload: dict[str, Any]
+    request: Any  # the family's typed request (ttmedia.runners.types)
     stream: bool
     id: str = field(default_factory=lambda: f"r{next(_ids)}")
     future: asyncio.Future[Any] | None = None
@@ -75,6 +81,10 @@ class ModelPool:
         self.idle = asyncio.Event()
         self.idle.set()
         self._pump_timer = False
+        self.runner_info: RunnerInfo | None = None  # what the runner declared (HELLO / READY)
+        self._tokenizer: Tokenizer | None = None
+        self._tokenizer_loading: asyncio.Future[Tokenizer | None] | None = None
+        self._tokenizer_done = False
 
     # --- state ----------------------------------------------------------------------------------
 
@@ -94,7 +104,7 @@ class ModelPool:
         # soon, and HTTP clients such as the OpenAI SDK ignore Retry-After beyond a minute or two.
         return min(retry_after(views, state, self.drain_deadline - now), self.settings.retry_after_max_seconds)
 
-    def not_ready(self, reason: str | None = None) -> problems.NotReady:
+    def not_ready(self, reason: str | None = None, detail: str | None = None) -> problems.NotReady:
         state = self.state()
         reason = reason or state.reason or "no_workers"
         messages = {
@@ -103,17 +113,52 @@ class ModelPool:
             "init_failed": f"Model {self.name} failed: every worker failed to start or exhausted its restarts.",
             "draining": "The server is shutting down.",
             "worker_lost": f"The worker serving this request for {self.name} died.",
+            "device_error": f"The device serving {self.name} failed; it is being reset.",
         }
-        return problems.NotReady(messages[reason], reason=reason, retry_after=self.retry_after(),
+        text = messages[reason] + (f" ({detail})" if detail else "")
+        return problems.NotReady(text, reason=reason, retry_after=self.retry_after(),
                                  model=self.name, state=state.value)
 
     def check_ready(self) -> None:
         if not self.state().serving:
             raise self.not_ready()
 
+    # --- the model's tokenizer (in this process: prompts, usage, context checks) ----------------
+
+    def load_tokenizer_soon(self) -> None:
+        """Start loading the runner's tokenizer in a thread (a Hugging Face one takes seconds)."""
+        if self._tokenizer is None and self._tokenizer_loading is None:
+            context = self.workers[0].spec.context
+            runner = self.workers[0].spec.runner
+            self._tokenizer_loading = asyncio.ensure_future(
+                asyncio.to_thread(lambda: registry.load(runner).load_tokenizer(context)))
+
+    async def tokenizer(self) -> Tokenizer:
+        """The model's tokenizer; a model of a family that needs one (llm) must have it."""
+        loaded = await self.maybe_tokenizer()
+        if loaded is None:
+            raise problems.Internal(f"runner {self.model.runner} of {self.name} provides no tokenizer "
+                                    "(Runner.load_tokenizer)")
+        return loaded
+
+    async def maybe_tokenizer(self) -> Tokenizer | None:
+        """The model's tokenizer, or None for a runner that has none (an embedding model may not)."""
+        if self._tokenizer is not None or self._tokenizer_done:
+            return self._tokenizer
+        self.load_tokenizer_soon()
+        assert self._tokenizer_loading is not None
+        try:
+            loaded = await asyncio.shield(self._tokenizer_loading)
+        except Exception as exc:
+            self._tokenizer_loading = None  # the next request tries again
+            log.error("the tokenizer of %s failed to load: %s: %s", self.name, type(exc).__name__, exc)
+            raise self.not_ready("init_failed", detail=f"its tokenizer failed to load: {exc}") from None
+        self._tokenizer, self._tokenizer_done = loaded, True
+        return loaded
+
     # --- admission ------------------------------------------------------------------------------
 
-    def _admit(self, payload: dict[str, Any], stream: bool) -> Ticket:
+    def _admit(self, request: Any, stream: bool) -> Ticket:
         self.check_ready()
         if len(self.pending) >= self.settings.max_queue_size:
             ready = sum(w.state is WorkerState.READY for w in self.workers) or 1
@@ -122,7 +167,7 @@ class ModelPool:
                 f"The queue of {self.name} is full ({self.settings.max_queue_size} requests waiting).",
                 retry_after=min(wait, self.settings.retry_after_max_seconds),
             )
-        ticket = Ticket(payload, stream)
+        ticket = Ticket(request, stream)
         if stream:
             ticket.chunks = asyncio.Queue()
         else:
@@ -132,9 +177,9 @@ class ModelPool:
         self.pump()
         return ticket
 
-    async def submit(self, payload: dict[str, Any]) -> Any:
-        """Run one non-streaming request; raise a Problem if it cannot be served."""
-        ticket = self._admit(payload, stream=False)
+    async def submit(self, request: Any) -> Any:
+        """Run one non-streaming request; its result, or a Problem if it cannot be served."""
+        ticket = self._admit(request, stream=False)
         future = ticket.future
         assert future is not None
         timeout = self.settings.request_processing_timeout_seconds
@@ -155,12 +200,13 @@ class ModelPool:
             self._fail(ticket, problems.Timeout(
                 f"{self.name} did not answer within {self.settings.request_processing_timeout_seconds:g} s."))
 
-    def open_stream(self, payload: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
-        """Admit a streaming request now (so 429/503 come before any 200), then iterate chunks."""
-        ticket = self._admit(payload, stream=True)
+    def open_stream(self, request: Any) -> AsyncIterator[Any]:
+        """Admit a streaming request now (so 429/503 come before any 200), then iterate its
+        chunks; the last item is the family's result."""
+        ticket = self._admit(request, stream=True)
         return self._iterate(ticket)
 
-    async def _iterate(self, ticket: Ticket) -> AsyncIterator[dict[str, Any]]:
+    async def _iterate(self, ticket: Ticket) -> AsyncIterator[Any]:
         assert ticket.chunks is not None
         timeout = self.settings.request_processing_timeout_seconds
         finished = False
@@ -183,7 +229,7 @@ class ModelPool:
                     assert ticket.error is not None
                     raise ticket.error
                 yield chunk
-                if chunk.get("final"):
+                if isinstance(chunk, FINAL_TYPES):
                     finished = True
                     return
         finally:
@@ -205,15 +251,51 @@ class ModelPool:
                 return
             first = self.pending.popleft()
             if first.stream:
-                self._send(worker, [first], (p.STREAM, first.id, first.payload))
+                self._send(worker, [first], (p.STREAM, first.id, first.request))
                 continue
-            batch = [first]
-            while (self.pending and len(batch) < self.settings.max_batch_size
-                   and not self.pending[0].stream):
-                batch.append(self.pending.popleft())
+            batch = self._batch_from(first, worker.info)
             batch_id = f"b{next(_ids)}"
             worker.batches[batch_id] = {t.id for t in batch}
-            self._send(worker, batch, (p.RUN, batch_id, [(t.id, t.payload) for t in batch]))
+            self._send(worker, batch, (p.RUN, batch_id, [(t.id, t.request) for t in batch]))
+
+    def batch_limit(self, info: RunnerInfo | None) -> int:
+        """The most requests one call takes: the model's setting, else what the runner asks for,
+        never more than the largest batch size the runner accepts."""
+        limit = self.model.max_batch_size or (info.max_batch_size if info else None) or 1
+        if info is not None and info.batch_sizes:
+            limit = min(limit, max(info.batch_sizes))
+        return max(1, limit)
+
+    def _batchable(self, first: Ticket, info: RunnerInfo | None) -> Any:
+        """Whether a waiting ticket may share `first`'s call: not a stream, and equal in every
+        field of the runner's batch key."""
+        fields = info.batch_key if info is not None else ()
+        key = tuple(getattr(first.request, f, None) for f in fields)
+        return lambda t: not t.stream and (not fields or tuple(getattr(t.request, f, None) for f in fields) == key)
+
+    def _batch_from(self, first: Ticket, info: RunnerInfo | None) -> list[Ticket]:
+        """`first` and the waiting requests that may join it, in queue order, cut to the largest
+        batch size the runner accepts (a smaller rest is padded by the worker)."""
+        limit = self.batch_limit(info)
+        batch = [first]
+        if limit > 1:
+            fits = self._batchable(first, info)
+            index, window = 0, limit * 4  # a bounded look past requests that cannot join
+            while index < len(self.pending) and len(batch) < limit and window > 0:
+                window -= 1
+                if fits(self.pending[index]):
+                    batch.append(self.pending[index])
+                    del self.pending[index]
+                else:
+                    index += 1
+        sizes = info.batch_sizes if info is not None else None
+        if sizes and len(batch) not in sizes:
+            fit = max((s for s in sizes if s <= len(batch)), default=0)
+            if fit:
+                for ticket in reversed(batch[fit:]):
+                    self.pending.appendleft(ticket)
+                del batch[fit:]
+        return batch
 
     def _worker_for_call_ahead(self) -> WorkerHandle | None:
         """A busy worker that may take the next call now, to start it when its running call ends.
@@ -229,11 +311,12 @@ class ModelPool:
     def _whole_call_waiting(self) -> bool:
         """The head of the queue makes a full call: a stream, or MAX_BATCH_SIZE requests that
         can share a batch."""
-        size = self.settings.max_batch_size
-        if size <= 1 or self.pending[0].stream:
+        size = self.batch_limit(self.runner_info)
+        head = self.pending[0]
+        if size <= 1 or head.stream:
             return True
-        batchable = itertools.takewhile(lambda t: not t.stream, itertools.islice(self.pending, size))
-        return sum(1 for _ in batchable) >= size
+        fits = self._batchable(head, self.runner_info)
+        return sum(1 for t in itertools.islice(self.pending, size * 4) if fits(t)) >= size
 
     def _hold_for_batch(self) -> bool:
         """Wait up to MAX_BATCH_DELAY_MS for a partial batch to fill, then send what there is."""
@@ -347,17 +430,38 @@ class ModelPool:
             self._fail(ticket, exc)
         self._settle()
 
-    def on_chunk(self, worker: WorkerHandle, ticket_id: str, chunk: dict[str, Any]) -> None:
+    def on_chunk(self, worker: WorkerHandle, ticket_id: str, chunk: Any) -> None:
         ticket = worker.inflight.get(ticket_id)
         if ticket and ticket.chunks is not None:
             ticket.started = True
             ticket.progress_at = time.monotonic()
             ticket.chunks.put_nowait(chunk)
 
-    def on_end(self, worker: WorkerHandle, ticket_id: str, final: dict[str, Any]) -> None:
+    def on_token(self, worker: WorkerHandle, ticket_id: str, text: str, token_ids: list[int]) -> None:
+        self.on_chunk(worker, ticket_id, TokenChunk(text, token_ids))
+
+    def on_progress(self, worker: WorkerHandle, call_id: str, _progress: Progress) -> None:
+        """A run() call reported progress: the device is alive, whatever its requests' age."""
+        now = time.monotonic()
+        for ticket_id in worker.batches.get(call_id, ()):
+            ticket = worker.inflight.get(ticket_id)
+            if ticket is not None and ticket.dispatched_at <= now:
+                ticket.progress_at = now
+
+    def on_end(self, worker: WorkerHandle, ticket_id: str, final: Any) -> None:
         ticket = self._finish(worker, ticket_id)
         if ticket and ticket.chunks is not None:
-            ticket.chunks.put_nowait({**final, "final": True})
+            ticket.chunks.put_nowait(final)
+        self._settle()
+
+    def on_device_error(self, worker: WorkerHandle, ticket_ids: list[str], message: str) -> None:
+        """The device broke under these requests: 503 `device_error` for them (they are not
+        replayed: the same input may break it again). The worker's exit handles the rest."""
+        worker.error_count += 1
+        for ticket_id in ticket_ids:
+            ticket = self._finish(worker, ticket_id)
+            if ticket is not None:
+                self._fail(ticket, self.not_ready("device_error", detail=message))
         self._settle()
 
     def on_worker_lost(self, worker: WorkerHandle) -> None:
@@ -394,14 +498,25 @@ class ModelPool:
             ticket.error = exc
             ticket.chunks.put_nowait(_STREAM_FAILED)
 
+    def progress_deadline(self, worker: WorkerHandle) -> float:
+        """How long a call may show no progress before its device counts as hung: the request
+        timeout, or the shorter bound the runner declares."""
+        limit = self.settings.request_processing_timeout_seconds
+        declared = worker.info.call_timeout_s
+        return min(limit, declared) if declared else limit
+
     def wedged_tickets(self, worker: WorkerHandle, now: float) -> list[Ticket]:
         # 10 ms of slack: a request dispatched at admission reaches its deadline a hair early.
-        limit = self.settings.request_processing_timeout_seconds - 0.01
+        limit = self.progress_deadline(worker) - 0.01
         return [t for t in worker.inflight.values() if now - t.progress_at >= limit]
 
     def replace_wedged(self, worker: WorkerHandle) -> None:
-        limit = self.settings.request_processing_timeout_seconds
+        """A hang: 504 for the requests the device made no progress on, and a fresh worker."""
+        limit = self.progress_deadline(worker)
         worker.last_error = f"the device showed no progress on a request for {limit:g} s; replaced as wedged"
+        for ticket in self.wedged_tickets(worker, time.monotonic()):
+            worker.inflight.pop(ticket.id, None)
+            self._fail(ticket, problems.Timeout(f"{self.name} made no progress on this request for {limit:g} s."))
         worker.kill()  # its other requests are re-dispatched or failed when the exit is seen
 
     def _abandon(self, ticket: Ticket) -> None:

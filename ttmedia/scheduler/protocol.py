@@ -1,23 +1,30 @@
 """Messages between the scheduler and a device worker process, over one duplex pipe.
 
 Messages are tuples whose first element is the kind, so pickling stays cheap on the hot path.
+Requests, results and chunks are the typed objects of ttmedia.runners.types, except a stream's
+tokens, which travel as bare (text, token ids) because there are thousands of them a second.
 
 scheduler → worker (a worker runs up to max_concurrency calls; further calls wait in order):
-    (RUN, batch_id, [(request_id, payload), ...])   non-streaming batch
-    (STREAM, request_id, payload)                   one streaming request
+    (RUN, call_id, [(request_id, request), ...])    non-streaming batch
+    (STREAM, request_id, request)                   one streaming request
+    (CANARY, call_id)                               run the runner's canary request
     (CANCEL, request_id)                            stop work for a request (client gone)
-    (DROP, batch_id)                                forget a batch that has not started (its clients left)
+    (DROP, call_id)                                 forget a call that has not started (its clients left)
     (STOP,)                                         finish in-flight work, close, exit
 
 worker → scheduler:
-    (HELLO, pid, max_concurrency)                   process is up; warmup starts
-    (READY, warmup_seconds)
+    (HELLO, pid, RunnerInfo)                        runner constructed; warmup starts
+    (READY, warmup_seconds, RunnerInfo)
     (INIT_FAILED, message)
     (RESULT, request_id, result)
     (ERROR, request_id, kind, message)              kind: "request" (422) | "internal" (500)
+    (DEVICE_ERROR, message, [request_id, ...])      the device broke; the worker exits next
     (CHUNK, request_id, chunk)
-    (END, request_id, final)                        last message of a stream
-    (HEARTBEAT, monotonic_time)
+    (TOKEN, request_id, text, token_ids)            one TokenChunk of a stream
+    (END, request_id, result)                       last message of a stream
+    (PROGRESS, call_id | None, Progress)            a run() call (or, with None, the warmup) moved on
+    (CANARY_RESULT, call_id, ok, message)
+    (HEARTBEAT, monotonic_time)                     from a thread of its own, whatever the runner does
 
 either way:
     (BATCH, [message, ...])                         several messages in one pipe write
@@ -28,14 +35,18 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ttmedia.runners.base import RunnerContext
 from ttmedia.runners.faults import Fault
 
-RUN, STREAM, CANCEL, DROP, STOP = "run", "stream", "cancel", "drop", "stop"
+if TYPE_CHECKING:
+    from ttmedia.runners.base import Runner
+
+RUN, STREAM, CANARY, CANCEL, DROP, STOP = "run", "stream", "canary", "cancel", "drop", "stop"
 HELLO, READY, INIT_FAILED = "hello", "ready", "init_failed"
-RESULT, ERROR, CHUNK, END, HEARTBEAT = "result", "error", "chunk", "end", "heartbeat"
+RESULT, ERROR, DEVICE_ERROR, CHUNK, TOKEN, END = "result", "error", "device_error", "chunk", "token", "end"
+PROGRESS, CANARY_RESULT, HEARTBEAT = "progress", "canary_result", "heartbeat"
 BATCH = "batch"
 
 ERROR_REQUEST, ERROR_INTERNAL = "request", "internal"
@@ -73,10 +84,33 @@ def unbatch(messages: Iterable[tuple[Any, ...]]) -> Iterator[tuple[Any, ...]]:
 
 
 @dataclass(frozen=True)
+class RunnerInfo:
+    """What a runner declares about itself, as the scheduler needs it (sent with HELLO and READY)."""
+
+    max_concurrency: int = 1
+    batch_sizes: tuple[int, ...] | None = None
+    max_batch_size: int | None = None
+    batch_key: tuple[str, ...] = ()
+    call_timeout_s: float | None = None
+    canary: bool = False
+    canary_timeout_s: float = 30.0
+    mesh_shape: tuple[int, int] = (1, 1)
+    streams: bool = False
+
+    @classmethod
+    def of(cls, runner: Runner, devices: int) -> RunnerInfo:
+        sizes = tuple(sorted({int(s) for s in runner.batch_sizes if int(s) >= 1})) if runner.batch_sizes else None
+        mesh = tuple(runner.mesh_shape) if runner.mesh_shape else (1, max(1, devices))
+        return cls(max(1, int(runner.max_concurrency)), sizes or None, runner.max_batch_size,
+                   tuple(runner.batch_key), runner.call_timeout_s, type(runner).has_canary(),
+                   float(runner.canary_timeout_s), (int(mesh[0]), int(mesh[1])), type(runner).streams())
+
+
+@dataclass(frozen=True)
 class WorkerSpec:
     """What a worker process needs to start. Picklable (the worker is spawned, not forked)."""
 
-    runner: str
+    runner: str  # a registered name or a `module:Class` import target
     context: RunnerContext
     heartbeat_seconds: float
     faults: tuple[Fault, ...] = ()

@@ -1,12 +1,15 @@
 """The Scheduler: every served model's pool, worker lifecycle (restart with backoff, watchdog,
-resets) and the views that /health and /tt-liveness report."""
+warmup deadline, idle canary, device errors, resets) and the views that /health and
+/tt-liveness report."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import itertools
 import logging
 import os
-import subprocess
+import signal
 import time
 from dataclasses import replace
 from typing import Any
@@ -28,22 +31,37 @@ from ttmedia.settings import Settings
 log = logging.getLogger("ttmedia.scheduler")
 
 
+#: Seconds a reset command may run before it counts as failed.
+RESET_COMMAND_TIMEOUT_S = 120.0
+#: Lines of a failed reset command's stderr kept for the answer and the log.
+RESET_STDERR_LINES = 5
+
+_canary_ids = itertools.count(1)
+
+
+class ResetFailed(Exception):
+    """RESET_DEVICE_COMMAND failed; the message carries its exit code and the end of its stderr."""
+
+
 def worker_spec(settings: Settings, faults: tuple[Fault, ...], model: ServedModel, group: DeviceGroup,
                 incarnation: int = 0) -> WorkerSpec:
     """What the worker process of `model` on `group` is started with."""
     info = model.info
-    timing = info.timing.scaled(settings.sim_speed * DEVICE_SPEED.get(settings.device, 1.0))
-    if settings.sim_warmup_seconds is not None:
-        timing = replace(timing, warmup_s=settings.sim_warmup_seconds)
+    timing = info.timing
+    if model.simulated:  # real runners take what their devices take; the timing is only an estimate
+        timing = timing.scaled(settings.sim_speed * DEVICE_SPEED.get(settings.device, 1.0))
+        if settings.sim_warmup_seconds is not None:
+            timing = replace(timing, warmup_s=settings.sim_warmup_seconds)
     if model.warmup_s is not None:
         timing = replace(timing, warmup_s=model.warmup_s)
     return WorkerSpec(
-        runner=info.runner,
+        runner=model.runner_target or info.runner,
         context=RunnerContext(model.name, info.family, settings.device, group, timing, dict(info.options)),
         heartbeat_seconds=settings.worker_heartbeat_seconds,
         faults=tuple(f for f in faults if f.applies_to(model.name, group)),
         incarnation=incarnation,
-        env={"TT_VISIBLE_DEVICES": format_group(group)},
+        # Nothing downloads at run time: Hugging Face libraries read local files only.
+        env={"TT_VISIBLE_DEVICES": format_group(group), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"},
     )
 
 
@@ -63,6 +81,7 @@ class Scheduler:
         self.started_at = time.monotonic()
         self.last_watch = time.monotonic()  # the watchdog's last tick: /livez checks it
         self.observer: Any = None  # ttmedia.metrics.Metrics, when attached
+        self._background: set[asyncio.Task[None]] = set()
         start_forkserver()  # overlaps the rest of the server's start-up
 
     # --- lifecycle ------------------------------------------------------------------------------
@@ -75,7 +94,16 @@ class Scheduler:
                                                observer=self.observer)
         for pool in self.pools.values():
             for worker in pool.workers:
-                worker.spawn()
+                if pool.model.missing:
+                    worker.state = WorkerState.FAILED
+                    worker.last_error = (f"runner {pool.model.runner} needs the Python package(s) "
+                                         f"{', '.join(pool.model.missing)}: pip install 'ttmedia[cpu]'")
+                    log.error("model %s cannot start: %s", pool.name, worker.last_error)
+                else:
+                    worker.spawn()
+        for pool in self.pools.values():
+            if pool.model.family in ("llm", "embedding") and not pool.model.missing:
+                pool.load_tokenizer_soon()
         self._watchdog = asyncio.ensure_future(self._watch())
         log.info("scheduler started: %s", ", ".join(
             f"{m.name}@{','.join('(' + format_group(g) + ')' for g in m.groups)}" for m in self.models))
@@ -107,6 +135,8 @@ class Scheduler:
                 waiter.cancel()
         if self._watchdog:
             self._watchdog.cancel()
+        for task in list(self._background):
+            task.cancel()
         workers = [w for pool in self.pools.values() for w in pool.workers]
         for w in workers:
             w.stop()
@@ -137,20 +167,38 @@ class Scheduler:
         pool = self._pool_of(worker)
         if kind == p.HEARTBEAT:
             worker.last_heartbeat = time.monotonic()
+        elif kind == p.TOKEN:
+            pool.on_token(worker, message[1], message[2], message[3])
         elif kind == p.RESULT:
             pool.on_result(worker, message[1], message[2])
+            worker.last_active = time.monotonic()
         elif kind == p.CHUNK:
             pool.on_chunk(worker, message[1], message[2])
         elif kind == p.END:
             pool.on_end(worker, message[1], message[2])
+            worker.last_active = time.monotonic()
         elif kind == p.ERROR:
             pool.on_error(worker, message[1], message[2], message[3])
+        elif kind == p.PROGRESS:
+            if message[1] is None:
+                worker.warmup_progress = message[2].percent
+            else:
+                pool.on_progress(worker, message[1], message[2])
+        elif kind == p.CANARY_RESULT:
+            self._canary_done(pool, worker, message[1], message[2], message[3])
+        elif kind == p.DEVICE_ERROR:
+            worker.device_error = worker.last_error = f"device error: {message[1]}"
+            log.error("worker %s of %s reports a device error: %s", worker.worker_id, pool.name, message[1])
+            pool.on_device_error(worker, message[2], message[1])
         elif kind == p.HELLO:
-            worker.capacity = max(1, int(message[2]))
+            worker.info = pool.runner_info = message[2]
             worker.state = WorkerState.WARMING
         elif kind == p.READY:
+            worker.info = pool.runner_info = message[2]
             worker.state = WorkerState.READY
             worker.ready_time = time.time()
+            worker.warmup_progress = None
+            worker.last_active = time.monotonic()
             log.info("worker %s of %s ready after %.2fs", worker.worker_id, pool.name, message[1])
             if self.observer is not None:
                 self.observer.worker_ready(pool.name, time.monotonic() - worker.spawned_at)
@@ -175,8 +223,29 @@ class Scheduler:
             worker.restart_times.clear()
             worker.spawn()
             return
+        if worker.device_error is not None:
+            # The device broke: reset it (RESET_DEVICE_COMMAND) before a fresh worker opens it.
+            worker.state = WorkerState.RESTARTING
+            pool.on_worker_lost(worker)
+            self._spawn_soon(asyncio.ensure_future(self._reset_then_restart(worker)))
+            return
         self._schedule_restart(worker)
         pool.on_worker_lost(worker)
+
+    def _spawn_soon(self, task: asyncio.Task[None]) -> None:
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _reset_then_restart(self, worker: WorkerHandle) -> None:
+        try:
+            await self.run_reset_command()
+        except ResetFailed as exc:
+            worker.state = WorkerState.FAILED
+            worker.last_error = f"{worker.device_error}; the reset after it failed: {exc}"
+            log.error("worker %s of %s stays down: %s", worker.worker_id, worker.spec.context.model, exc)
+            return
+        if worker.state is WorkerState.RESTARTING:  # not stopped or reset meanwhile
+            self._schedule_restart(worker)
 
     def _schedule_restart(self, worker: WorkerHandle) -> None:
         s = self.settings
@@ -196,22 +265,66 @@ class Scheduler:
         worker.spawn(delay_s=delay)
 
     async def _watch(self) -> None:
-        """Kill workers whose heartbeat stopped: a wedged device or a stuck process."""
-        limit = self.settings.worker_heartbeat_timeout_seconds
+        """The explicit hang checks. A worker process that stops sending heartbeats (sent from
+        a thread of their own, whatever its runner does) is frozen; a warmup past
+        WARMUP_TIMEOUT_SECONDS failed; a call without progress past its deadline hung; an idle
+        worker whose canary fails or overruns is wedged. Each is replaced."""
+        s = self.settings
         while True:
-            await asyncio.sleep(self.settings.worker_heartbeat_seconds)
+            await asyncio.sleep(min(s.worker_heartbeat_seconds, 1.0))
             now = self.last_watch = time.monotonic()
             for pool in self.pools.values():
                 for w in pool.workers:
-                    live = w.state in (WorkerState.STARTING, WorkerState.WARMING, WorkerState.READY)
-                    if live and w.alive and now - w.last_heartbeat > limit:
-                        w.last_error = f"no heartbeat for {now - w.last_heartbeat:.1f} s; killed as wedged"
-                        log.error("worker %s of %s is wedged; killing it", w.worker_id, pool.name)
-                        w.kill()
-                    elif w.alive and pool.wedged_tickets(w, now):
-                        log.error("worker %s of %s made no progress on a request; killing it",
-                                  w.worker_id, pool.name)
-                        pool.replace_wedged(w)
+                    if w.alive:
+                        self._check(pool, w, now)
+
+    def _check(self, pool: ModelPool, w: WorkerHandle, now: float) -> None:
+        s = self.settings
+        live = w.state in (WorkerState.STARTING, WorkerState.WARMING, WorkerState.READY)
+        if live and now - w.last_heartbeat > s.worker_heartbeat_timeout_seconds:
+            w.last_error = f"no heartbeat for {now - w.last_heartbeat:.1f} s; killed as wedged"
+            log.error("worker %s of %s is wedged; killing it", w.worker_id, pool.name)
+            w.kill()
+        elif w.state in (WorkerState.STARTING, WorkerState.WARMING) and now - w.spawned_at > s.warmup_timeout_seconds:
+            w.last_error = (f"warmup did not finish within WARMUP_TIMEOUT_SECONDS "
+                            f"({s.warmup_timeout_seconds:g} s); initialisation failed")
+            w.error_count += 1
+            log.error("worker %s of %s: %s", w.worker_id, pool.name, w.last_error)
+            w.kill()
+        elif pool.wedged_tickets(w, now):
+            log.error("worker %s of %s made no progress on a request; killing it", w.worker_id, pool.name)
+            pool.replace_wedged(w)
+        elif w.canary is not None and now > w.canary[1]:
+            self._canary_failed(pool, w, f"the canary request did not finish within {w.info.canary_timeout_s:g} s")
+        elif self._canary_due(w, now):
+            call_id = f"c{next(_canary_ids)}"
+            w.canary = (call_id, now + w.info.canary_timeout_s)
+            w.load += 1  # the canary holds a device slot: requests queue behind it
+            w.send_soon((p.CANARY, call_id))
+
+    def _canary_due(self, w: WorkerHandle, now: float) -> bool:
+        interval = self.settings.canary_interval_seconds
+        return (interval > 0 and w.info.canary and w.canary is None and w.state is WorkerState.READY
+                and w.load == 0 and not w.inflight and now - w.last_active >= interval)
+
+    def _canary_done(self, pool: ModelPool, w: WorkerHandle, call_id: str, ok: bool, message: str) -> None:
+        if w.canary is None or w.canary[0] != call_id:
+            return  # an answer after its deadline: the worker is being replaced already
+        w.canary = None
+        w.load -= 1
+        w.last_active = time.monotonic()
+        if ok:
+            w.canary_ok_at = time.time()
+            pool.pump()
+        else:
+            self._canary_failed(pool, w, f"the canary request failed: {message}")
+
+    def _canary_failed(self, pool: ModelPool, w: WorkerHandle, why: str) -> None:
+        w.canary = None
+        w.error_count += 1
+        w.last_error = f"{why}; replaced as wedged"
+        log.error("worker %s of %s: %s", w.worker_id, pool.name, w.last_error)
+        w.kill()
 
     # --- lookup ---------------------------------------------------------------------------------
 
@@ -255,9 +368,23 @@ class Scheduler:
                     return w
         raise problems.NotFound(f"No worker uses device {device_id!r}.")
 
-    def reset_worker(self, worker: WorkerHandle) -> None:
-        """Restart one worker now, whatever its state (a failed worker gets a fresh start)."""
-        self._run_reset_command()
+    async def reset_worker(self, worker: WorkerHandle) -> None:
+        """Reset the device (RESET_DEVICE_COMMAND), then restart its worker now, whatever its
+        state (a failed worker gets a fresh start). A failed command leaves the worker as it
+        is and raises ResetFailed."""
+        await self.run_reset_command()
+        self._restart_now(worker)
+
+    async def deep_reset(self) -> int:
+        """One reset command for the whole host, then every worker restarts."""
+        await self.run_reset_command()
+        workers = [w for pool in self.pools.values() for w in pool.workers]
+        for w in workers:
+            self._restart_now(w)
+        return len(workers)
+
+    @staticmethod
+    def _restart_now(worker: WorkerHandle) -> None:
         worker.restart_times.clear()
         if worker.alive:
             worker.expect_exit = True
@@ -266,15 +393,26 @@ class Scheduler:
             worker.state = WorkerState.RESTARTING
             worker.spawn()
 
-    def deep_reset(self) -> int:
-        workers = [w for pool in self.pools.values() for w in pool.workers]
-        for w in workers:
-            self.reset_worker(w)
-        return len(workers)
-
-    def _run_reset_command(self) -> None:
-        if self.settings.reset_device_command:
-            subprocess.run(self.settings.reset_device_command, shell=True, check=False, timeout=120)
+    async def run_reset_command(self) -> None:
+        """RESET_DEVICE_COMMAND as a child process the event loop waits on (a reset can take
+        minutes; the server keeps serving meanwhile). Nothing to do when it is unset."""
+        command = self.settings.reset_device_command
+        if not command:
+            return
+        log.info("running the reset command: %s", command)
+        proc = await asyncio.create_subprocess_shell(command, stdout=asyncio.subprocess.DEVNULL,
+                                                     stderr=asyncio.subprocess.PIPE, start_new_session=True)
+        try:
+            _, stderr = await asyncio.wait_for(proc.communicate(), RESET_COMMAND_TIMEOUT_S)
+        except TimeoutError:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            await proc.wait()
+            raise ResetFailed(f"{command!r} did not finish within {RESET_COMMAND_TIMEOUT_S:g} s") from None
+        if proc.returncode != 0:
+            tail = " | ".join(stderr.decode(errors="replace").strip().splitlines()[-RESET_STDERR_LINES:])
+            log.error("reset command %r exited with %s: %s", command, proc.returncode, tail)
+            raise ResetFailed(f"{command!r} exited with code {proc.returncode}" + (f": {tail}" if tail else ""))
 
     # --- reporting ------------------------------------------------------------------------------
 
@@ -293,18 +431,22 @@ class Scheduler:
                 "state": states[name].value,
                 "model_ready": states[name].serving,
                 "queue_size": len(pool.pending),
-                "runner_in_use": pool.model.info.runner,
+                "runner_in_use": pool.model.runner,
+                "runner_target": pool.model.runner_target,
+                "simulated": pool.model.simulated,
                 "worker_info": infos,
             }
+        meshes = [w.info.mesh_shape for pool in self.pools.values() for w in pool.workers]
         return {
             "status": "alive",
             "model_ready": bool(states) and all(s.serving for s in states.values()),
             "queue_size": sum(len(pool.pending) for pool in self.pools.values()),
             "max_queue_size": self.settings.max_queue_size,
-            "device_mesh_shape": [1, 1],
+            # Upstream serves one model on one mesh; with several, the first worker's.
+            "device_mesh_shape": list(meshes[0]) if meshes else [1, 1],
             "device": self.settings.device,
             "worker_info": worker_info,
-            "runner_in_use": ",".join(sorted({pl.model.info.runner for pl in self.pools.values()})),
+            "runner_in_use": ",".join(sorted({pl.model.runner for pl in self.pools.values()})),
             "pid": os.getpid(),
             "models": models,
         }

@@ -21,7 +21,7 @@ from ttmedia.scheduler import protocol as p
 from ttmedia.scheduler import worker_main
 from ttmedia.scheduler.channel import Channel
 from ttmedia.scheduler.forkserver import CONTEXT
-from ttmedia.scheduler.protocol import WorkerSpec
+from ttmedia.scheduler.protocol import RunnerInfo, WorkerSpec
 from ttmedia.scheduler.readiness import WorkerState, WorkerView
 
 if TYPE_CHECKING:
@@ -111,7 +111,7 @@ class WorkerHandle:
         self.process: multiprocessing.process.BaseProcess | None = None
         self.channel: Channel | None = None
         self.pid: int | None = None
-        self.capacity = 1
+        self.info = RunnerInfo()  # what the runner declared (HELLO, READY)
         self.load = 0  # runner calls in flight
         self.inflight: dict[str, Ticket] = {}
         self.calls_ahead: deque[tuple[str, list[Ticket]]] = deque()  # (call id, tickets) waiting in the worker
@@ -128,11 +128,20 @@ class WorkerHandle:
         self.expected_warmup_s = spec.context.timing.warmup_s + SPAWN_OVERHEAD_S
         self.incarnation = 0
         self.expect_exit = False  # set when we stop or reset it on purpose
+        self.device_error: str | None = None  # the runner reported a broken device; reset before restart
+        self.warmup_progress: float | None = None  # percent, when the runner reports it
+        self.last_active = time.monotonic()  # the last call's end: the idle canary counts from it
+        self.canary: tuple[str, float] | None = None  # (call id, deadline) of a canary in flight
+        self.canary_ok_at: float | None = None  # wall clock of the last canary that passed
         self._outbox = p.Outbox(loop, self.send)
 
     @property
     def worker_id(self) -> str:
         return self.spec.context.worker_id
+
+    @property
+    def capacity(self) -> int:
+        return self.info.max_concurrency
 
     @property
     def alive(self) -> bool:
@@ -185,6 +194,7 @@ class WorkerHandle:
         self.ready_due = max(self.ready_due, self.spawned_at + self.expected_warmup_s)
         self.load = 0
         self.calls_ahead.clear()
+        self.canary, self.device_error, self.warmup_progress = None, None, None
 
     def _reap(self, process: multiprocessing.process.BaseProcess, incarnation: int) -> None:
         """The pipe closed: the process is exiting. Collect its exit code off the loop."""
@@ -241,4 +251,7 @@ class WorkerHandle:
             "in_flight": len(self.inflight),
             "calls_ahead": len(self.calls_ahead),
             "last_error": self.last_error,
+            "warmup_progress": self.warmup_progress,
+            "last_canary_ok": self.canary_ok_at,
+            "mesh_shape": list(self.info.mesh_shape),
         }

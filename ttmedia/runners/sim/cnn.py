@@ -12,11 +12,11 @@ from __future__ import annotations
 import time
 from functools import lru_cache
 from importlib import resources
-from typing import Any
 
 import numpy as np
 
 from ttmedia.runners.base import Runner, RunnerRequestError, device_time
+from ttmedia.runners.types import Classification, ClassifyRequest
 
 INPUT_SIZE = 224
 _HASH_SIDE = 8
@@ -69,24 +69,27 @@ def classify(pixels: np.ndarray) -> np.ndarray:
 
 
 class SimCNNRunner(Runner):
-    """Payload: {"pixels": HxWx3 uint8, "top_k": int}. Result: top_k (index, label, probability)."""
+    family = "cnn"
+    simulated = True
 
     async def warmup(self) -> None:
         labels()
         classify(np.zeros((INPUT_SIZE, INPUT_SIZE, 3), np.uint8))
         await device_time(self.ctx.timing.warmup_s)
 
-    def _one(self, request: dict[str, Any]) -> dict[str, Any]:
-        pixels = request["pixels"]
+    def canary(self) -> ClassifyRequest:
+        return ClassifyRequest(np.zeros((INPUT_SIZE, INPUT_SIZE, 3), np.uint8), top_k=1)
+
+    def _one(self, request: ClassifyRequest) -> Classification:
+        pixels = request.pixels
         if not (isinstance(pixels, np.ndarray) and pixels.ndim == 3 and pixels.shape[2] == 3):
             raise RunnerRequestError("expected an HxWx3 image")
         probs = classify(pixels)
-        top = np.argsort(-probs, kind="stable")[: int(request.get("top_k") or 3)]
+        top = np.argsort(-probs, kind="stable")[: max(1, request.top_k)]
         names = labels()
-        return {"indices": [int(i) for i in top], "labels": [names[i] for i in top],
-                "probabilities": [float(probs[i]) for i in top]}
+        return Classification([int(i) for i in top], [names[i] for i in top], [float(probs[i]) for i in top])
 
-    async def run(self, batch: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    async def run(self, batch: list[ClassifyRequest]) -> list[Classification]:
         started = time.monotonic()
         results = [self._one(r) for r in batch]
         t = self.ctx.timing

@@ -14,11 +14,12 @@ import hashlib
 import re
 import time
 from functools import lru_cache
-from typing import Any
 
 import numpy as np
 
 from ttmedia.runners.base import Runner, RunnerContext, device_time
+from ttmedia.runners.sim.tokenizer import SimTokenizer
+from ttmedia.runners.types import EmbeddingRequest, EmbeddingResult
 
 _WORD = re.compile(r"[^\W_]+", re.UNICODE)
 #: Whole words weigh more than their trigrams: sharing a word matters more than sharing letters.
@@ -54,24 +55,33 @@ def embed(text: str, size: int, dimensions: int | None = None) -> np.ndarray:
 
 
 class SimEmbeddingRunner(Runner):
-    """Payload: {"inputs": [str, ...], "dimensions": int|None}. Result: {"embeddings": [ndarray]}."""
+    family = "embedding"
+    simulated = True
 
     def __init__(self, ctx: RunnerContext) -> None:
         super().__init__(ctx)
         self.size = int(ctx.options.get("dimensions", 1024))
+
+    @classmethod
+    def load_tokenizer(cls, ctx: RunnerContext) -> SimTokenizer:
+        return SimTokenizer(int(ctx.options.get("max_model_length", 8192)))
 
     async def warmup(self) -> None:
         started = time.monotonic()
         embed("warmup", self.size)
         await device_time(self.ctx.timing.warmup_s, started)
 
-    async def run(self, batch: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    def canary(self) -> EmbeddingRequest:
+        return EmbeddingRequest(["canary"])
+
+    async def run(self, batch: list[EmbeddingRequest]) -> list[EmbeddingResult]:
         started = time.monotonic()
         results = [
-            {"embeddings": [embed(text, self.size, r.get("dimensions")) for text in r["inputs"]]}
+            EmbeddingResult(np.stack([embed(text, self.size, r.dimensions) for text in r.inputs])
+                            if r.inputs else np.zeros((0, r.dimensions or self.size), np.float32))
             for r in batch
         ]
         t = self.ctx.timing
-        items = sum(len(r["inputs"]) for r in batch)
+        items = sum(len(r.inputs) for r in batch)
         await device_time(t.base_s + t.per_item_s * items, started)
         return results

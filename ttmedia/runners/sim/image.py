@@ -1,20 +1,31 @@
-"""Simulated diffusion model (SDXL/FLUX-like): latency ∝ steps, decodable JPEG/PNG, deterministic.
+"""Simulated diffusion model (SDXL/FLUX-like): latency ∝ steps, real pictures, deterministic.
 
-`task` in the payload picks the pipeline: "generate" (default, text-to-image), "image-to-image"
-(`image` HxWx3 uint8 already at the output size, `strength`) or "edit" (plus `mask`, HxW uint8,
-white = repaint). As in diffusers, image-to-image runs only `strength · steps` denoising steps,
-so it costs that many steps of device time.
+`task` picks the pipeline: "generate" (text-to-image), "image-to-image" (`image`, `strength`) or
+"edit" (plus `mask`, white = repaint). As in diffusers, image-to-image runs only
+`strength · steps` denoising steps, so it costs that many steps of device time. The negative
+prompt changes the composition and the guidance scale the contrast, as they visibly do in a
+real pipeline. The runner returns pixels; the server encodes them.
 """
 
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from typing import TYPE_CHECKING
 
 from ttmedia.runners.base import Runner, RunnerContext, RunnerRequestError, device_time
+from ttmedia.runners.types import ImageRequest, ImageResult
+
+if TYPE_CHECKING:
+    import numpy as np
+
+#: The guidance scale at which the simulated picture has its natural contrast.
+NEUTRAL_GUIDANCE = 5.0
 
 
 class SimImageRunner(Runner):
+    family = "image"
+    simulated = True
+
     def __init__(self, ctx: RunnerContext) -> None:
         super().__init__(ctx)
         self.size = int(ctx.options.get("size", 1024))
@@ -26,49 +37,58 @@ class SimImageRunner(Runner):
 
         await device_time(self.ctx.timing.warmup_s)
 
-    async def run(self, batch: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    def canary(self) -> ImageRequest:
+        return ImageRequest("canary", num_inference_steps=1, width=64, height=64)
+
+    async def run(self, batch: list[ImageRequest]) -> list[ImageResult]:
         t = self.ctx.timing
         steps = sum(_device_steps(r) for r in batch)
         device = asyncio.ensure_future(device_time(t.base_s + t.per_step_s * steps))
-        images = await asyncio.to_thread(self._render_all, batch)
+        images = await asyncio.to_thread(lambda: [ImageResult(self._render(r)) for r in batch])
         await device
         return images
 
-    def _render_all(self, batch: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        return [self._render(r) for r in batch]
-
-    def _render(self, request: dict[str, Any]) -> dict[str, Any]:
+    def _render(self, request: ImageRequest) -> np.ndarray:
         from ttmedia.media import images
 
-        task = request.get("task") or "generate"
-        steps = int(request.get("num_inference_steps") or 20)
-        if task == "generate":
-            size = int(request.get("size") or self.size)
-            pixels = images.synthesize_image(request["prompt"], int(request.get("seed") or 0), size, size, steps)
-        elif task in ("image-to-image", "edit"):
-            pixels = self._transform(request, steps)
+        steps = max(1, request.num_inference_steps)
+        # The negative prompt steers the composition away, so it takes part in the layout.
+        subject = request.prompt + (f"\x1fwithout {request.negative_prompt}" if request.negative_prompt else "")
+        if request.task == "generate":
+            pixels = images.synthesize_image(subject, request.seed, request.width, request.height, steps)
+        elif request.task in ("image-to-image", "edit"):
+            pixels = self._transform(request, subject, steps)
         else:
-            raise RunnerRequestError(f"unknown image task {task!r}")
-        fmt = str(request.get("image_return_format") or "JPEG").upper()
-        data = images.encode_image(pixels, fmt, int(request.get("image_quality") or 85))
-        return {"image": data, "format": fmt}
+            raise RunnerRequestError(f"unknown image task {request.task!r}")
+        return _guided(pixels, request.guidance_scale)
 
     @staticmethod
-    def _transform(request: dict[str, Any], steps: int) -> Any:
+    def _transform(request: ImageRequest, subject: str, steps: int) -> np.ndarray:
         from PIL import Image
 
         from ttmedia.media import images
 
-        source = Image.fromarray(request["image"], "RGB")
-        mask = Image.fromarray(request["mask"], "L") if request.get("mask") is not None else None
-        # An edit repaints the masked area fully unless told otherwise (inpainting default 1.0).
-        strength = float(request.get("strength", 1.0 if mask is not None else 0.6))
-        return images.transform_image(source, request["prompt"], int(request.get("seed") or 0), strength,
+        if request.image is None:
+            raise RunnerRequestError(f"{request.task} needs an input image")
+        source = Image.fromarray(request.image, "RGB")
+        mask = Image.fromarray(request.mask, "L") if request.mask is not None else None
+        return images.transform_image(source, subject, request.seed, request.strength,
                                       source.width, source.height, mask, steps=steps)
 
 
-def _device_steps(request: dict[str, Any]) -> int:
-    steps = int(request.get("num_inference_steps") or 20)
-    if (request.get("task") or "generate") == "generate":
+def _guided(pixels: np.ndarray, guidance: float | None) -> np.ndarray:
+    """Stronger guidance, stronger contrast (classifier-free guidance sharpens what the prompt asks)."""
+    if guidance is None or guidance == NEUTRAL_GUIDANCE:
+        return pixels
+    import numpy as np
+
+    factor = min(max(0.7 + 0.06 * guidance, 0.5), 2.0)
+    mean = pixels.mean(axis=(0, 1), keepdims=True)
+    return np.clip(mean + (pixels.astype(np.float32) - mean) * factor + 0.5, 0, 255).astype(np.uint8)
+
+
+def _device_steps(request: ImageRequest) -> int:
+    steps = max(1, request.num_inference_steps)
+    if request.task == "generate":
         return steps
-    return max(1, int(steps * float(request.get("strength", 1.0))))
+    return max(1, int(steps * request.strength))

@@ -3,7 +3,8 @@
 Text is drawn word by word from the tokenizer's vocabulary with a PRNG seeded from the prompt
 and seed, so the same request always yields the same completion. Prefill costs base_s, each
 token per_token_s; a batch decodes its requests together, and concurrent streams decode in
-lockstep on one step clock (continuous batching).
+lockstep on one step clock (continuous batching). Temperature and top_p do not change the
+simulated text.
 """
 
 from __future__ import annotations
@@ -14,10 +15,10 @@ import math
 import random
 import time
 from collections.abc import AsyncIterator
-from typing import Any
 
 from ttmedia.runners.base import Runner, RunnerContext, device_time
 from ttmedia.runners.sim import tokenizer
+from ttmedia.runners.types import Completion, LLMRequest, TokenChunk
 
 
 def _rng(prompt: str, seed: int | None) -> random.Random:
@@ -56,34 +57,43 @@ def apply_stop(pieces: list[str], stop: list[str]) -> tuple[list[str], bool]:
 
 
 class SimLLMRunner(Runner):
+    family = "llm"
+    simulated = True
+
     def __init__(self, ctx: RunnerContext) -> None:
         super().__init__(ctx)
         self.max_concurrency = int(ctx.options.get("max_concurrency", 32))
         self.clock_origin = time.monotonic()  # decode step n ends at clock_origin + n·per_token_s
 
+    @classmethod
+    def load_tokenizer(cls, ctx: RunnerContext) -> tokenizer.SimTokenizer:
+        return tokenizer.SimTokenizer(int(ctx.options.get("max_model_length", 4096)))
+
     async def warmup(self) -> None:
         await device_time(self.ctx.timing.warmup_s)
 
-    def _complete(self, request: dict[str, Any]) -> dict[str, Any]:
-        pieces, finish = generate_tokens(request["prompt"], request.get("seed"), request["max_tokens"])
-        pieces, stopped = apply_stop(pieces, request.get("stop") or [])
-        return {
-            "text": "".join(pieces),
-            "completion_tokens": len(pieces),
-            "finish_reason": "stop" if stopped else finish,
-        }
+    def canary(self) -> LLMRequest:
+        return LLMRequest("canary", tokenizer.encode("canary"), max_tokens=1)
 
-    async def run(self, batch: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    @staticmethod
+    def _pieces(request: LLMRequest) -> tuple[list[str], str]:
+        pieces, finish = generate_tokens(request.prompt, request.seed, request.max_tokens)
+        pieces, stopped = apply_stop(pieces, request.stop)
+        return pieces, "stop" if stopped else finish
+
+    async def run(self, batch: list[LLMRequest]) -> list[Completion]:
         started = time.monotonic()
-        results = [self._complete(r) for r in batch]
-        longest = max((r["completion_tokens"] for r in results), default=0)
+        results = []
+        for request in batch:
+            pieces, finish = self._pieces(request)
+            results.append(Completion("".join(pieces), len(pieces), finish))  # type: ignore[arg-type]
+        longest = max((r.completion_tokens for r in results), default=0)
         t = self.ctx.timing
         await device_time(t.base_s + t.per_token_s * longest, started)
         return results
 
-    async def stream(self, request: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
-        pieces, finish = generate_tokens(request["prompt"], request.get("seed"), request["max_tokens"])
-        pieces, stopped = apply_stop(pieces, request.get("stop") or [])
+    async def stream(self, request: LLMRequest) -> AsyncIterator[TokenChunk | Completion]:
+        pieces, finish = self._pieces(request)
         t = self.ctx.timing
         await device_time(t.base_s)
         # Continuous batching: the device runs one decode step every per_token_s for all the
@@ -97,9 +107,5 @@ class SimLLMRunner(Runner):
                 delay = self.clock_origin + (first + i) * step - time.monotonic()
                 if delay > 0:
                     await asyncio.sleep(delay)
-            yield {"text": piece, "index": i}
-        yield {
-            "final": True,
-            "completion_tokens": len(pieces),
-            "finish_reason": "stop" if stopped else finish,
-        }
+            yield TokenChunk(piece, tokenizer.encode(piece))
+        yield Completion("", len(pieces), finish)  # type: ignore[arg-type]

@@ -78,3 +78,34 @@ def decode(tokens: list[int]) -> str:
 def token_strings(tokens: list[int]) -> list[str]:
     _, pieces = vocabulary()
     return [pieces[t - BYTE_TOKENS] if t >= BYTE_TOKENS else f"<0x{t:02X}>" for t in tokens]
+
+
+class SimTokenizer:
+    """The simulated models' tokenizer and a plain chat template (ttmedia.runners.types.Tokenizer)."""
+
+    def __init__(self, max_model_length: int | None = None) -> None:
+        self.vocab_size = vocab_size()
+        self.max_model_length = max_model_length
+
+    def encode(self, text: str) -> list[int]:
+        return encode(text)
+
+    def decode(self, token_ids: list[int]) -> str:
+        return decode(token_ids)
+
+    def token_strings(self, token_ids: list[int]) -> list[str]:
+        return token_strings(token_ids)
+
+    def apply_chat_template(self, messages: list[dict[str, object]], *, continue_final_message: bool) -> str:
+        """One block per message, then the assistant's turn opened, or the last (assistant)
+        message left open to be continued."""
+        parts = []
+        for m in messages:
+            content = m.get("content")
+            if isinstance(content, list):
+                content = "".join(str(p.get("text") or "") for p in content
+                                  if isinstance(p, dict) and p.get("type") == "text")
+            parts.append(f"<|{m['role']}|>\n{content or ''}\n")
+        if continue_final_message and messages:
+            return "".join(parts)[:-1]  # without the closing newline: the message goes on
+        return "".join(parts) + "<|assistant|>\n"

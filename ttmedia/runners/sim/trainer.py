@@ -24,6 +24,7 @@ import numpy as np
 import orjson
 
 from ttmedia.runners.base import Runner, device_time
+from ttmedia.runners.types import Progress, TrainingEvent, TrainingRequest, TrainingResult
 
 #: Training examples per upstream dataset loader (SST2 and Alpaca train splits); Custom: a guess.
 DATASET_SIZES = {"SST2": 67_349, "Alpaca": 52_002, "Custom": 10_000}
@@ -31,13 +32,12 @@ _LAYERS = 2
 _HIDDEN = 64
 
 
-def total_steps(request: dict[str, Any]) -> tuple[int, int]:
+def total_steps(request: TrainingRequest) -> tuple[int, int]:
     """(steps to run, steps per epoch). max_steps > 0 caps the run, as upstream."""
-    per_batch = max(1, int(request.get("batch_size") or 4)) * max(1, int(request.get("gradient_accumulation_steps") or 1))
-    per_epoch = max(1, math.ceil(DATASET_SIZES.get(str(request.get("dataset_loader")), 10_000) / per_batch))
-    epochs = max(1, int(request.get("num_epochs") or 1))
-    max_steps = int(request.get("max_steps") or 0)
-    return (min(max_steps, per_epoch * epochs) if max_steps > 0 else per_epoch * epochs), per_epoch
+    per_batch = max(1, request.batch_size) * max(1, request.gradient_accumulation_steps)
+    per_epoch = max(1, math.ceil(DATASET_SIZES.get(request.dataset_loader, 10_000) / per_batch))
+    epochs = max(1, request.num_epochs)
+    return (min(request.max_steps, per_epoch * epochs) if request.max_steps > 0 else per_epoch * epochs), per_epoch
 
 
 def loss_at(step: int, total: int, learning_rate: float, seed: str) -> float:
@@ -48,62 +48,64 @@ def loss_at(step: int, total: int, learning_rate: float, seed: str) -> float:
 
 
 class SimTrainerRunner(Runner):
+    family = "training"
+    simulated = True
+
     async def warmup(self) -> None:
         await device_time(self.ctx.timing.warmup_s)
 
-    async def stream(self, request: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:  # type: ignore[override]
+    async def stream(self, request: TrainingRequest) -> AsyncIterator[TrainingEvent | Progress | TrainingResult]:
         t = self.ctx.timing
         total, per_epoch = total_steps(request)
-        start = int(request.get("resume_step") or 0)
-        lr = float(request.get("learning_rate") or 2e-5)
-        steps_freq = max(1, int(request.get("steps_freq") or 10))
-        val_freq = max(0, int(request.get("val_steps_freq") or 0))
-        save_interval = max(0, int(request.get("save_interval") or 0))
-        grad_acc = max(1, int(request.get("gradient_accumulation_steps") or 1))
-        seed = str(request.get("job_id") or "")
-        yield {"kind": "log", "step": start, "message":
-               f"Training {self.ctx.model} with LoRA r={request.get('lora_r')} on {request.get('dataset_loader')}: "
-               f"{total} steps ({per_epoch} per epoch), starting at step {start}."}
+        start = request.resume_step
+        lr = request.learning_rate or 2e-5
+        steps_freq = max(1, request.steps_freq)
+        val_freq = max(0, request.val_steps_freq)
+        save_interval = max(0, request.save_interval)
+        grad_acc = max(1, request.gradient_accumulation_steps)
+        seed = request.job_id
+        yield TrainingEvent("log", start, message=(
+            f"Training {self.ctx.model} with LoRA r={request.lora_r} on {request.dataset_loader}: "
+            f"{total} steps ({per_epoch} per epoch), starting at step {start}."))
         await device_time(t.base_s)
         loss = loss_at(max(start, 1), total, lr, seed)
         last_saved, last_progress = start, -1
         for step in range(start + 1, total + 1):
             await device_time(t.per_step_s * grad_acc)
-            loss = loss_at(step, total, lr, seed)
+            # Weight decay pulls the weights towards zero: a slightly higher loss floor.
+            loss = round(loss_at(step, total, lr, seed) * (1 + min(request.weight_decay, 1.0) * 0.05), 6)
             epoch = (step - 1) // per_epoch
             if step % steps_freq == 0 or step == total:
-                yield {"kind": "metric", "global_step": step, "epoch": epoch, "metric_name": "train_loss",
-                       "value": loss, "learning_rate": lr}
-                yield {"kind": "log", "step": step, "message": f"step {step}/{total} epoch {epoch} loss {loss:.4f}"}
+                yield TrainingEvent("metric", step, metric_name="train_loss", value=loss, learning_rate=lr,
+                                    epoch=epoch)
+                yield TrainingEvent("log", step, message=f"step {step}/{total} epoch {epoch} loss {loss:.4f}")
             if val_freq and step % val_freq == 0:
-                yield {"kind": "metric", "global_step": step, "epoch": epoch, "metric_name": "val_loss",
-                       "value": round(loss * 1.05, 6)}
+                yield TrainingEvent("metric", step, metric_name="val_loss", value=round(loss * 1.05, 6), epoch=epoch)
             if ((save_interval and step % save_interval == 0) or step == total) and step != last_saved:
                 yield await self._checkpoint(request, step, epoch, loss)
                 last_saved = step
             progress = 100 * step // total
             if progress != last_progress:
                 last_progress = progress
-                yield {"progress": progress, "step": step}
-        yield {"final": True, "step": total, "loss": loss}
+                yield Progress(progress, step, total)
+        yield TrainingResult(total, loss)
 
-    async def _checkpoint(self, request: dict[str, Any], step: int, epoch: int, loss: float) -> dict[str, Any]:
+    async def _checkpoint(self, request: TrainingRequest, step: int, epoch: int, loss: float) -> TrainingEvent:
         ckpt_id = f"checkpoint-{step}"
         await asyncio.to_thread(write_checkpoint, request, self.ctx.model, step, loss,
-                                os.path.join(request["checkpoint_dir"], f"{ckpt_id}.zip"))
-        return {"kind": "checkpoint", "id": ckpt_id, "step": step, "global_step": step, "epoch": epoch,
-                "metrics": {"train_loss": loss}}
+                                os.path.join(request.checkpoint_dir, f"{ckpt_id}.zip"))
+        return TrainingEvent("checkpoint", step, id=ckpt_id, epoch=epoch, metrics={"train_loss": loss})
 
 
-def write_checkpoint(request: dict[str, Any], model: str, step: int, loss: float, path: str) -> None:
+def write_checkpoint(request: TrainingRequest, model: str, step: int, loss: float, path: str) -> None:
     config = {
-        "peft_type": "LORA", "task_type": request.get("lora_task_type") or "CAUSAL_LM",
-        "base_model_name_or_path": model, "r": int(request.get("lora_r") or 4),
-        "lora_alpha": int(request.get("lora_alpha") or 8), "lora_dropout": 0.0,
-        "target_modules": list(request.get("lora_target_modules") or ["q_proj", "v_proj"]),
+        "peft_type": "LORA", "task_type": request.lora_task_type or "CAUSAL_LM",
+        "base_model_name_or_path": model, "r": request.lora_r or 4,
+        "lora_alpha": request.lora_alpha or 8, "lora_dropout": 0.0,
+        "target_modules": list(request.lora_target_modules or ["q_proj", "v_proj"]),
         "bias": "none", "inference_mode": True,
     }
-    state = {"global_step": step, "loss": loss, "dtype": request.get("dtype")}
+    state = {"global_step": step, "loss": loss, "dtype": request.dtype}
     fd, partial = tempfile.mkstemp(prefix=".ckpt.", suffix=".part", dir=os.path.dirname(path))
     os.close(fd)
     try:

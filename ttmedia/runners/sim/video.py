@@ -1,7 +1,7 @@
 """Simulated video diffusion (Wan2.2, Mochi): per-step device time, progress chunks, a real MP4.
 
-The run is a stream: one chunk per denoising step carries `progress` (0..90; the last 10 % is
-VAE decode + encode), then a final chunk describes the file. The MP4 is written by the worker
+The run is a stream: one Progress per denoising step (0..90; the last 10 % is VAE decode +
+encode), then a VideoResult describes the file. The MP4 is written by the worker
 straight to `output_path` (atomically, media.video.write_mp4), so megabytes of frames never
 cross the scheduler's pipe. Image conditioning (I2V) blends each `images[i]` into the frames
 around its `frame_pos`, so the conditioning visibly shows in the output.
@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Iterator
-from typing import Any
 
 import numpy as np
 
 from ttmedia.runners.base import Runner, RunnerContext, RunnerRequestError, device_time
+from ttmedia.runners.types import Progress, VideoRequest, VideoResult
 
 #: Upstream's frame_pos range is 0..80 (81 frames); positions scale onto the simulated length.
 UPSTREAM_LAST_FRAME = 80
@@ -24,6 +24,9 @@ _BLEND_RADIUS = 6
 
 
 class SimVideoRunner(Runner):
+    family = "video"
+    simulated = True
+
     def __init__(self, ctx: RunnerContext) -> None:
         super().__init__(ctx)
         self.i2v_only = bool(ctx.options.get("i2v_only", False))
@@ -33,31 +36,27 @@ class SimVideoRunner(Runner):
 
         await device_time(self.ctx.timing.warmup_s)
 
-    async def stream(self, request: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:  # type: ignore[override]
-        images = request.get("images") or []
-        if self.i2v_only and not images:
+    async def stream(self, request: VideoRequest) -> AsyncIterator[Progress | VideoResult]:
+        if self.i2v_only and not request.images:
             raise RunnerRequestError(f"{self.ctx.model} is image-to-video only; send image_prompts")
         t = self.ctx.timing
-        steps = int(request.get("num_inference_steps") or 20)
+        steps = max(1, request.num_inference_steps)
         await device_time(t.base_s)
         for step in range(1, steps + 1):
             await device_time(t.per_step_s)
-            yield {"progress": 90 * step // steps, "step": step}
-        info = await asyncio.to_thread(self._encode, request)
-        yield {"final": True, **info}
+            yield Progress(90 * step // steps, step, steps)
+        yield await asyncio.to_thread(self._encode, request)
 
-    def _encode(self, request: dict[str, Any]) -> dict[str, Any]:
+    @staticmethod
+    def _encode(request: VideoRequest) -> VideoResult:
         from ttmedia.media import video
 
-        frames = int(request.get("num_frames") or 33)
-        width, height = int(request.get("width") or 256), int(request.get("height") or 144)
-        fps = int(request.get("fps") or 16)
-        seed = int(request.get("seed") or 0)
-        source = video.synthesize_frames(str(request.get("prompt") or ""), seed, frames, width, height)
-        conditioning = list(zip(request.get("images") or [], request.get("frame_positions") or [], strict=False))
-        size = video.write_mp4(_condition(source, conditioning, frames), width, height, request["output_path"], fps)
-        return {"frames": frames, "width": width + width % 2, "height": height + height % 2, "fps": fps,
-                "bytes": size}
+        frames, width, height = request.num_frames, request.width, request.height
+        source = video.synthesize_frames(request.prompt, request.seed, frames, width, height)
+        conditioning = list(zip(request.images, request.frame_positions, strict=False))
+        size = video.write_mp4(_condition(source, conditioning, frames), width, height, request.output_path,
+                               request.fps)
+        return VideoResult(frames, width + width % 2, height + height % 2, request.fps, size)
 
 
 def _condition(frames: Iterator[np.ndarray], conditioning: list[tuple[np.ndarray, int]],

@@ -14,12 +14,12 @@ import time
 import hashlib
 import random
 from collections.abc import AsyncIterator
-from typing import Any
 
 import numpy as np
 
 from ttmedia.runners.base import Runner, RunnerRequestError, device_time
 from ttmedia.runners.sim import tokenizer
+from ttmedia.runners.types import Segment, Transcription, TranscriptionRequest
 
 SAMPLE_RATE = 16_000
 FRAME_S = 0.02
@@ -27,7 +27,8 @@ _BRIDGE_S = 0.3  # pauses shorter than this stay inside a segment (word gaps, st
 _MIN_VOICED_S = 0.1  # shorter bursts are clicks, not speech
 _MAX_SEGMENT_S = 10.0  # Whisper emits segments well under its 30 s window
 _WORDS_PER_S = 2.5
-_ABS_FLOOR = 0.01  # RMS below this is silence whatever the recording level
+_ABS_FLOOR = 0.0005  # RMS below this (-66 dBFS) is silence whatever the recording level; quiet
+# recordings (upstream's benchmark clip peaks at -39 dBFS) are speech relative to their own floor
 
 
 def voiced_regions(samples: np.ndarray, rate: int = SAMPLE_RATE) -> list[tuple[int, int]]:
@@ -69,8 +70,8 @@ def _window_words(window: np.ndarray, rate: int, salt: str) -> list[str]:
     return [rng.choice(tokenizer.WORDS) for _ in range(count)]
 
 
-def transcribe(samples: np.ndarray, rate: int = SAMPLE_RATE) -> list[dict[str, Any]]:
-    """Segments: {id, start, end, text} with times in seconds."""
+def transcribe(samples: np.ndarray, rate: int = SAMPLE_RATE) -> list[Segment]:
+    """Segments with times in seconds; tokens from the simulated tokenizer."""
     hop = int(FRAME_S * rate)
     segments = []
     for n, (f0, f1) in enumerate(voiced_regions(samples, rate)):
@@ -79,34 +80,39 @@ def transcribe(samples: np.ndarray, rate: int = SAMPLE_RATE) -> list[dict[str, A
         for i in range(0, len(chunk), rate):
             words += _window_words(chunk[i:i + rate], rate, f"{n}")
         text = " ".join(words)
-        segments.append({"id": n, "start": round(f0 * FRAME_S, 2), "end": round(f1 * FRAME_S, 2),
-                         "text": " " + text[:1].upper() + text[1:] + "."})
+        text = " " + text[:1].upper() + text[1:] + "."
+        segments.append(Segment(n, round(f0 * FRAME_S, 2), round(f1 * FRAME_S, 2), text, tokenizer.encode(text),
+                                temperature=0.0, avg_logprob=-0.25, compression_ratio=1.2, no_speech_prob=0.01))
     return segments
 
 
 class SimWhisperRunner(Runner):
-    """Payload: {"samples": float32 ndarray at 16 kHz, "task", "language"}; streams one chunk per segment."""
+    """Streams one Segment per voiced region, then the Transcription."""
+
+    family = "audio"
+    simulated = True
 
     async def warmup(self) -> None:
         transcribe(np.zeros(SAMPLE_RATE, np.float32))
         await device_time(self.ctx.timing.warmup_s)
 
+    def canary(self) -> TranscriptionRequest:
+        return TranscriptionRequest(np.zeros(SAMPLE_RATE // 10, np.float32), language="en")
+
     @staticmethod
-    def _check(request: dict[str, Any]) -> np.ndarray:
-        samples = request.get("samples")
+    def _check(request: TranscriptionRequest) -> np.ndarray:
+        samples = request.samples
         if not isinstance(samples, np.ndarray) or samples.ndim != 1:
             raise RunnerRequestError("expected mono samples")
         return samples
 
-    def _result(self, request: dict[str, Any], samples: np.ndarray, segments: list[dict[str, Any]]) -> dict[str, Any]:
-        task = request.get("task") or "transcribe"
-        language = "en" if task == "translate" else (request.get("language") or "en")
-        return {
-            "task": task, "language": language, "duration": round(len(samples) / SAMPLE_RATE, 3),
-            "text": "".join(s["text"] for s in segments).strip(), "segments": segments,
-        }
+    @staticmethod
+    def _result(request: TranscriptionRequest, samples: np.ndarray, segments: list[Segment]) -> Transcription:
+        language = "en" if request.task == "translate" else (request.language or "en")
+        return Transcription("".join(s.text for s in segments).strip(), language,
+                             round(len(samples) / SAMPLE_RATE, 3), segments, request.task)
 
-    async def run(self, batch: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    async def run(self, batch: list[TranscriptionRequest]) -> list[Transcription]:
         started = time.monotonic()
         results = []
         audio_s = 0.0
@@ -118,12 +124,13 @@ class SimWhisperRunner(Runner):
         await device_time(t.base_s + t.per_step_s * audio_s, started)  # per_step_s: one second of audio
         return results
 
-    async def stream(self, request: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
+    async def stream(self, request: TranscriptionRequest) -> AsyncIterator[Segment | Transcription]:
         samples = self._check(request)
         segments = transcribe(samples)
         t = self.ctx.timing
         await device_time(t.base_s)
         for segment in segments:
-            await device_time(t.per_step_s * (segment["end"] - segment["start"]))
-            yield {"chunk_id": segment["id"], "text": segment["text"]}
-        yield {"final": True, **self._result(request, samples, segments)}
+            # Each segment's share of the audio-proportional device time, as it is decoded.
+            await device_time(t.per_step_s * (segment.end - segment.start))
+            yield segment
+        yield self._result(request, samples, segments)

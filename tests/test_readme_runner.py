@@ -1,0 +1,48 @@
+"""The README's minimal runner, served exactly as written."""
+
+from __future__ import annotations
+
+import math
+import re
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.helpers import live_server
+
+pytestmark = pytest.mark.timeout(120)
+
+README = Path(__file__).resolve().parent.parent / "README.md"
+
+
+def readme_runner() -> tuple[str, str]:
+    """(module path, source) of the README block that starts with `# my_runners/...`."""
+    for block in re.findall(r"```python\n(.*?)```", README.read_text(encoding="utf-8"), re.S):
+        first = block.splitlines()[0]
+        if first.startswith("# my_runners/"):
+            return first[2:].strip(), block
+    raise AssertionError("README has no runner example")
+
+
+def cosine(a: list[float], b: list[float]) -> float:
+    return sum(x * y for x, y in zip(a, b, strict=True)) / math.sqrt(sum(x * x for x in a) * sum(y * y for y in b))
+
+
+def test_the_readme_runner_serves_embeddings(tmp_path: Path) -> None:
+    path, source = readme_runner()
+    (tmp_path / path).parent.mkdir(parents=True)
+    (tmp_path / path).write_text(source)
+    command = re.search(r'MODELS="([^"]+)"', README.read_text(encoding="utf-8")[README.read_text().index(path):])
+    assert command is not None
+    with live_server(env={"MODELS": command.group(1), "PYTHONPATH": str(tmp_path)}) as server:
+        texts = ["the cat sat on the mat", "the cat sat on a mat", "stock markets fell sharply"]
+        r = httpx.post(server.url + "/v1/embeddings", json={"input": texts}, timeout=30)
+        assert r.status_code == 200, r.text
+        vectors = [d["embedding"] for d in r.json()["data"]]
+        assert len(vectors[0]) == 256
+        assert cosine(vectors[0], vectors[1]) > cosine(vectors[0], vectors[2]) + 0.3
+        bad = httpx.post(server.url + "/v1/embeddings", json={"input": ["fine", " "]}, timeout=30)
+        assert bad.status_code == 422 and "empty input" in bad.json()["detail"]
+        listed = httpx.get(server.url + "/v1/models", timeout=10).json()["data"]
+        assert listed[0]["runner_target"] == "my_runners.hashing:HashingEmbedder" and not listed[0]["simulated"]

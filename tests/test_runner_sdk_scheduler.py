@@ -1,0 +1,72 @@
+"""The runner SDK inside the scheduler, with real worker processes: synchronous generators that
+stop when their client leaves, and progress reports from a plain run()."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from ttmedia.runners.types import Completion, LLMRequest, Progress, TokenChunk, VideoRequest, VideoResult
+from ttmedia.scheduler.readiness import ModelState
+from ttmedia.scheduler.scheduler import Scheduler
+from ttmedia.settings import Settings
+
+
+def run(coro_fn: Any, models: str) -> Any:
+    async def body() -> Any:
+        scheduler = Scheduler(Settings(models=models, sim_warmup_seconds=0.0))
+        await scheduler.start()
+        try:
+            pool = next(iter(scheduler.pools.values()))
+            deadline = time.monotonic() + 30
+            while pool.state() is not ModelState.READY:
+                assert time.monotonic() < deadline, "the model never became ready"
+                await asyncio.sleep(0.02)
+            return await coro_fn(pool)
+        finally:
+            await scheduler.stop(grace_s=2)
+    return asyncio.run(body())
+
+
+def test_a_synchronous_stream_stops_generating_when_its_client_leaves(tmp_path: Path) -> None:
+    async def body(pool: Any) -> None:
+        stream = pool.open_stream(LLMRequest("x", [1], max_tokens=200))
+        seen = []
+        async for chunk in stream:
+            assert isinstance(chunk, TokenChunk)
+            seen.append(chunk)
+            if len(seen) == 5:
+                break
+        await stream.aclose()
+        closed_at = time.time()
+        await asyncio.sleep(0.5)  # 25 more token times
+        made = [json.loads(line) for line in (tmp_path / "tokens.jsonl").read_text().splitlines()]
+        after = [i for t, i in made if t > closed_at]
+        print(f"\n[sync stream] tokens made {len(made)}, after the close {len(after)}")
+        assert len(after) <= 1, after
+        assert len(made) < 10
+
+    run(body, f"gen=tests.runner_fixtures:CountingLLMRunner~family=llm~log_dir={tmp_path}")
+
+
+def test_a_stream_runs_to_its_end_with_the_final_completion(tmp_path: Path) -> None:
+    async def body(pool: Any) -> None:
+        items = [c async for c in pool.open_stream(LLMRequest("x", [1], max_tokens=4))]
+        assert [type(c) for c in items] == [TokenChunk] * 4 + [Completion]
+        assert "".join(c.text for c in items[:-1]) == " t0 t1 t2 t3"
+
+    run(body, f"gen=tests.runner_fixtures:CountingLLMRunner~family=llm~log_dir={tmp_path}")
+
+
+def test_progress_from_a_plain_run_reaches_the_caller(tmp_path: Path) -> None:
+    async def body(pool: Any) -> None:
+        request = VideoRequest("x", output_path=str(tmp_path / "out.mp4"), num_inference_steps=5)
+        items = [c async for c in pool.open_stream(request)]
+        assert [round(c.percent) for c in items[:-1]] == [20, 40, 60, 80, 100]
+        assert all(isinstance(c, Progress) for c in items[:-1]) and isinstance(items[-1], VideoResult)
+        assert items[-2].step == 5 and items[-2].total == 5
+
+    run(body, "vid=tests.runner_fixtures:ProgressVideoRunner~family=video")
