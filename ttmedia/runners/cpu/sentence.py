@@ -98,6 +98,7 @@ def _max_seq_length(directory: Path) -> int:
 
 class SentenceTransformerRunner(Runner):
     family = "embedding"
+    requires = ("torch", "sentence_transformers", "tokenizers", PACKAGE[0])
     max_batch_size = 32
 
     def __init__(self, ctx: RunnerContext) -> None:

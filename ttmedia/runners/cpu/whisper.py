@@ -123,6 +123,7 @@ def check_model_dir(path: Path) -> Path:
 
 class FasterWhisperRunner(Runner):
     family = "audio"
+    requires = ("faster_whisper", "ctranslate2", PART1[0], PART2[0])
 
     def __init__(self, ctx: RunnerContext) -> None:
         super().__init__(ctx)
