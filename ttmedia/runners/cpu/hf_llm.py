@@ -269,7 +269,7 @@ class HFCausalLMRunner(Runner):
         eos = self.model.config.eos_token_id
         try:
             generation = GenerationConfig.from_pretrained(str(directory), local_files_only=True)
-        except OSError:  # no generation_config.json
+        except (OSError, ValueError):  # no (or no readable) generation_config.json
             generation = None
         if generation is not None:
             eos = generation.eos_token_id if generation.eos_token_id is not None else eos
