@@ -520,3 +520,22 @@ def test_whisper_canary_is_short_even_on_silence(whisper: FasterWhisperRunner) -
         [result] = whisper.run([whisper.canary()])
     assert all(len(s.tokens) <= whisper_module.CANARY_TOKENS + 2 for s in result.segments)
     assert result.language == "en" and result.duration == 0.5
+
+
+def test_whisper_detects_the_language_without_encoding_twice(espeak: ESpeakRunner, whisper: FasterWhisperRunner,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = []
+    encode = whisper.model.encode
+
+    def counting(features: object) -> object:
+        calls.append(1)
+        return encode(features)
+
+    monkeypatch.setattr(whisper.model, "encode", counting)
+    with in_call():
+        [speech] = espeak.run([SpeechRequest(FOX)])
+        samples = to_16k(speech.samples, speech.sample_rate)
+        [detected] = whisper.run([TranscriptionRequest(samples)])
+        assert len(calls) == 1  # one 30 s window, one encoder pass (faster-whisper alone makes two)
+        [told] = whisper.run([TranscriptionRequest(samples, language="en")])
+    assert detected.language == "en" and detected.text == told.text
