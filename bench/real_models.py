@@ -2,12 +2,14 @@
 
     python -m bench.real_models embeddings      # ttmedia c=32 vs encode() in-process vs infinity-emb
     python -m bench.real_models transcription   # ttmedia c=1 / c=4 vs faster-whisper transcribe()
-    python -m bench.real_models all [--seconds 20 --requests 12 --repeats 1]
+    python -m bench.real_models all [--seconds 10 --requests 6 --repeats 3]
 
 Every server and every in-process reference runs pinned to the same core (core 0), the load
 generator on core 1; torch and CTranslate2 use one thread everywhere. ttmedia runs with its
-default logging, written to a file (the path is printed). Figures are ratios to the reference
-measured in the same run: absolute numbers move 2x between days on these machines.
+default logging, written to a file (the path is printed). The references stay up beside the
+servers and measure on request, so each round measures them all back to back (transcriptions
+alternate one by one): the rest of a shared machine loads them alike. Figures are ratios to
+the reference of the same round: absolute numbers move 2x between days on these machines.
 
 infinity-emb needs transformers<5, so it gets its own virtualenv, created on first use under
 $XDG_CACHE_HOME/ttmedia/bench/infinity-venv (a few minutes; pip, from the package index).
@@ -186,16 +188,70 @@ async def _embedding_load(url: str, path: str, model: str, texts: list[str], con
 
 
 def embedding_load(url: str, path: str, model: str, concurrency: int, seconds: float) -> tuple[float, float, int]:
-    texts = sentences()
-    # Warm: the first requests pay for lazy imports and allocations on both sides.
-    asyncio.run(_embedding_load(url, path, model, texts, concurrency, min(3.0, seconds)))
-    return asyncio.run(_embedding_load(url, path, model, texts, concurrency, seconds))
+    return asyncio.run(_embedding_load(url, path, model, sentences(), concurrency, seconds))
 
 
-# --- in-process references (run as subprocesses pinned to the server's core) -------------------
+# --- in-process references: a process pinned to the servers' core, measuring on request ---------
+#
+# The references stay up beside the servers and run only when asked, so that every round
+# measures the reference and the servers back to back, under the same load from the rest of
+# the machine (which moves a lot on a shared two-core box).
 
 
-def _encode_reference(seconds: float, batch: int) -> dict[str, float]:
+class Reference:
+    """`python -m bench.real_models _serve-<kind>` on the server core: one JSON line per command."""
+
+    def __init__(self, kind: str, *args: str) -> None:
+        cmd = pinned([sys.executable, "-m", "bench.real_models", f"_serve-{kind}", *args], SERVER_CORE)
+        self.proc = subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, **ONE_THREAD}, stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, text=True, start_new_session=True)
+        self.ask("ready")
+
+    def ask(self, command: str) -> dict[str, float]:
+        assert self.proc.stdin and self.proc.stdout
+        self.proc.stdin.write(command + "\n")
+        self.proc.stdin.flush()
+        line = self.proc.stdout.readline()
+        if not line:
+            raise RuntimeError(f"the reference process exited ({self.proc.wait()})")
+        return json.loads(line)
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self.proc.stdin.close()  # type: ignore[union-attr]
+        try:
+            self.proc.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, 9)
+            self.proc.wait(10)
+
+
+@contextlib.contextmanager
+def reference(kind: str, *args: str) -> Iterator[Reference]:
+    ref = Reference(kind, *args)
+    try:
+        yield ref
+    finally:
+        ref.close()
+
+
+def _answer(handle: object, out: object) -> None:
+    """The reference side: read commands, answer each with one JSON line."""
+    for line in sys.stdin:
+        answer = {"ok": 1.0} if line.strip() == "ready" else handle(line.strip())  # type: ignore[operator]
+        print(json.dumps(answer), file=out, flush=True)  # type: ignore[call-overload]
+
+
+def _answers_channel() -> object:
+    """The answers' own copy of stdout; whatever the libraries print goes to stderr instead."""
+    out = os.fdopen(os.dup(1), "w")
+    os.dup2(2, 1)
+    sys.stdout = sys.stderr
+    return out
+
+
+def _serve_encode(batch: int) -> None:
+    out = _answers_channel()
     os.environ["HF_HUB_OFFLINE"] = "1"
     import torch
     from sentence_transformers import SentenceTransformer
@@ -207,88 +263,79 @@ def _encode_reference(seconds: float, batch: int) -> dict[str, float]:
     with torch.inference_mode():
         for b in batches[:4]:
             model.encode(b, batch_size=batch, normalize_embeddings=True)
-        done, started = 0, time.perf_counter()
-        while time.perf_counter() - started < seconds:
-            model.encode(batches[done % len(batches)], batch_size=batch, normalize_embeddings=True)
-            done += 1
-        elapsed = time.perf_counter() - started
-    return {"sentences_per_s": done * batch / elapsed}
+
+    def handle(command: str) -> dict[str, float]:
+        seconds = float(command)
+        with torch.inference_mode():
+            done, started = 0, time.perf_counter()
+            while time.perf_counter() - started < seconds:
+                model.encode(batches[done % len(batches)], batch_size=batch, normalize_embeddings=True)
+                done += 1
+            elapsed = time.perf_counter() - started
+        return {"sentences_per_s": done * batch / elapsed}
+
+    _answer(handle, out)
 
 
-def _transcribe_reference(wav: str, requests: int) -> dict[str, float]:
-    """faster-whisper in-process, twice: its own WhisperModel.transcribe(), and the runner's
-    model class (the same code, encoding the first window once when it detects the language),
-    which is the same work ttmedia does, so the serving overhead is measured against it."""
+def _serve_transcribe(wav: str) -> None:
+    """faster-whisper in-process two ways: its own WhisperModel.transcribe() ("plain"), and the
+    runner's model class ("runner": the same code, encoding the first window once when it
+    detects the language), which does ttmedia's work, so the serving overhead is measured on it."""
+    out = _answers_channel()
     from faster_whisper import WhisperModel
 
     from ttmedia.media import audio
     from ttmedia.runners.cpu.whisper import _one_encode_whisper, joined_model_dir
 
     samples, _ = audio.decode_audio(Path(wav).read_bytes())  # exactly as the server decodes uploads
-    out: dict[str, float] = {}
-    for name, cls in (("plain", WhisperModel), ("runner", _one_encode_whisper())):
-        model = cls(str(joined_model_dir()), device="cpu", compute_type="int8", cpu_threads=1,
-                    local_files_only=True)
+    models = {name: cls(str(joined_model_dir()), device="cpu", compute_type="int8", cpu_threads=1,
+                        local_files_only=True)
+              for name, cls in (("plain", WhisperModel), ("runner", _one_encode_whisper()))}
 
-        def once() -> float:
-            started = time.perf_counter()
-            segments, _ = model.transcribe(samples, beam_size=5, temperature=[0.0])
-            assert "".join(s.text for s in segments).strip()
-            return time.perf_counter() - started
+    def handle(command: str) -> dict[str, float]:
+        started = time.perf_counter()
+        segments, _ = models[command].transcribe(samples, beam_size=5, temperature=[0.0])
+        assert "".join(s.text for s in segments).strip()
+        return {"seconds": time.perf_counter() - started}
 
-        once()
-        times = [once() for _ in range(requests)]
-        out[f"{name}_median_s"] = statistics.median(times)
-        out[f"{name}_mean_s"] = statistics.mean(times)
-    return out
-
-
-def reference(kind: str, *args: str) -> dict[str, float]:
-    cmd = pinned([sys.executable, "-m", "bench.real_models", kind, *args], SERVER_CORE)
-    out = subprocess.run(cmd, cwd=ROOT, env={**os.environ, **ONE_THREAD}, capture_output=True, text=True,
-                         timeout=3600)
-    if out.returncode != 0:
-        raise RuntimeError(f"{kind} failed:\n{out.stderr[-3000:]}")
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    for name in models:
+        handle(name)
+    _answer(handle, out)
 
 
 # --- scenarios -----------------------------------------------------------------------------------
 
 
-def _measure(what: str, fn: object) -> tuple[float, float, int] | str:
-    try:
-        return fn()  # type: ignore[operator]
-    except (RuntimeError, OSError) as exc:
-        return f"{what}: not measured ({exc})"
-
-
 def bench_embeddings(seconds: float, repeats: int, logs: Path) -> list[str]:
-    rows = []
-    for n in range(repeats):
-        limit = reference("_encode", "--seconds", str(seconds), "--batch", "32")["sentences_per_s"]
-        rows.append(f"embeddings run {n + 1}: encode(batch_size=32) in-process {limit:.1f} sentences/s (the limit)")
-
-        def ours() -> tuple[float, float, int]:
-            with ttmedia("all-MiniLM-L6-v2", logs / f"ttmedia-embeddings-{n}.log") as s:
-                return embedding_load(s.url, "/v1/embeddings", "all-MiniLM-L6-v2", 32, seconds)
-
-        def theirs() -> tuple[float, float, int]:
-            with infinity(logs / f"infinity-{n}.log") as s:
-                return embedding_load(s.url, "/embeddings", minilm_dir(), 32, seconds)
-
-        results = {"ttmedia": _measure("ttmedia", ours), "infinity-emb 0.0.78": _measure("infinity-emb", theirs)}
-        for name, result in results.items():
-            if isinstance(result, str):
-                rows.append(f"  {result}")
-                continue
-            rps, p50, errors = result
-            note = f", {errors} ERRORS: not comparable" if errors else ""
-            rows.append(f"  {name} c=32 one-input requests: {rps:.1f} req/s, p50 {p50:.0f} ms{note} "
-                        f"= {rps / limit:.2f}x the limit")
-        a, b = results["ttmedia"], results["infinity-emb 0.0.78"]
-        if not isinstance(a, str) and not isinstance(b, str) and not (a[2] or b[2]):
-            rows.append(f"  ttmedia / infinity-emb = {a[0] / b[0]:.2f}x (goal >= 1.0x); "
-                        f"ttmedia / limit goal >= 0.85x")
+    with contextlib.ExitStack() as stack:
+        ref = stack.enter_context(reference("encode", "--batch", "32"))
+        servers = {
+            "ttmedia": (stack.enter_context(ttmedia("all-MiniLM-L6-v2", logs / "ttmedia-embeddings.log")),
+                        "/v1/embeddings", "all-MiniLM-L6-v2"),
+            "infinity-emb": (stack.enter_context(infinity(logs / "infinity.log")), "/embeddings", minilm_dir()),
+        }
+        for server, path, model in servers.values():  # warm: lazy imports and allocations
+            embedding_load(server.url, path, model, 32, 3.0)
+        rounds: list[dict[str, tuple[float, float, int]]] = []
+        for _ in range(repeats):
+            row = {"limit": (ref.ask(str(seconds))["sentences_per_s"], 0.0, 0)}
+            for name, (server, path, model) in servers.items():
+                row[name] = embedding_load(server.url, path, model, 32, seconds)
+            rounds.append(row)
+    rows = [f"embeddings: {repeats} rounds of {seconds:.0f} s each, back to back; one-input requests at c=32"]
+    for n, row in enumerate(rounds, 1):
+        limit = row["limit"][0]
+        parts = [f"encode(batch_size=32) {limit:.1f}/s"]
+        for name in servers:
+            rps, p50, errors = row[name]
+            parts.append(f"{name} {rps:.1f} req/s (p50 {p50:.0f} ms{', %d ERRORS' % errors if errors else ''}, "
+                         f"{rps / limit:.2f}x)")
+        rows.append(f"  round {n}: " + "; ".join(parts) + f"; ttmedia/infinity {row['ttmedia'][0] / row['infinity-emb'][0]:.2f}x")
+    ratio = statistics.median(r["ttmedia"][0] / r["limit"][0] for r in rounds)
+    versus = statistics.median(r["ttmedia"][0] / r["infinity-emb"][0] for r in rounds)
+    infinity_ratio = statistics.median(r["infinity-emb"][0] / r["limit"][0] for r in rounds)
+    rows.append(f"  median of rounds: ttmedia {ratio:.2f}x the in-process limit (goal >= 0.85x), "
+                f"{versus:.2f}x infinity-emb (goal >= 1.0x); infinity-emb {infinity_ratio:.2f}x the limit")
     return rows
 
 
@@ -349,42 +396,51 @@ def bench_transcription(requests: int, repeats: int, logs: Path) -> list[str]:
     clip = logs / "clip.wav"
     seconds = speech_clip(clip)
     wav = clip.read_bytes()
-    rows = [f"transcription: a {seconds:.1f} s eSpeak clip, beam 5, language detected, int8, 1 thread"]
-    for n in range(repeats):
-        ref = reference("_transcribe", "--wav", str(clip), "--requests", str(requests))
-        with ttmedia("whisper-base", logs / f"ttmedia-whisper-{n}.log") as s:
-            _transcribe_over_http(s.url, wav, 1, 1)  # warm
-            single, _ = _transcribe_over_http(s.url, wav, requests, 1)
-            four, elapsed = _transcribe_over_http(s.url, wav, requests * 2, 4)
-        median = statistics.median(single)
-        limit = ref["runner_median_s"]
-        rows += [
-            f"run {n + 1}: in-process median {limit * 1000:.0f} ms with the runner's model class "
-            f"(the limit; faster-whisper's own transcribe(): {ref['plain_median_s'] * 1000:.0f} ms, "
-            f"{ref['plain_median_s'] / limit:.2f}x)",
-            f"  ttmedia c=1 median {median * 1000:.0f} ms (mean {statistics.mean(single) * 1000:.0f} ms) = "
-            f"{(median / limit - 1) * 100:+.1f}% overhead (goal <= 5%); "
-            f"{median / ref['plain_median_s']:.2f}x faster-whisper's own transcribe()",
-            f"  ttmedia c=4 {len(four) / elapsed:.3f} req/s = {len(four) / elapsed * limit:.2f}x "
-            f"the in-process rate of one core (1 / median)",
-        ]
-    return rows
+    plain: list[float] = []
+    limit: list[float] = []
+    ours: list[float] = []
+    throughput: list[tuple[float, float]] = []  # (c=4 req/s, the limit's median in that round)
+    with reference("transcribe", "--wav", str(clip)) as ref, \
+            ttmedia("whisper-base", logs / "ttmedia-whisper.log") as server:
+        _transcribe_over_http(server.url, wav, 1, 1)  # warm
+        for _ in range(repeats):
+            round_limit = []
+            for _ in range(requests):  # interleaved: each pair sees the same machine
+                plain.append(ref.ask("plain")["seconds"])
+                round_limit.append(ref.ask("runner")["seconds"])
+                ours += _transcribe_over_http(server.url, wav, 1, 1)[0]
+            limit += round_limit
+            four, elapsed = _transcribe_over_http(server.url, wav, requests, 4)
+            throughput.append((len(four) / elapsed, statistics.median(round_limit)))
+    median, ref_median, plain_median = (statistics.median(x) for x in (ours, limit, plain))
+    return [
+        f"transcription: a {seconds:.1f} s eSpeak clip, language detected, beam 5, int8, 1 thread; "
+        f"{len(ours)} requests interleaved with the in-process runs",
+        f"  in-process (runner's model class, the limit) median {ref_median * 1000:.0f} ms; faster-whisper's own "
+        f"transcribe() {plain_median * 1000:.0f} ms ({plain_median / ref_median:.2f}x: it encodes the first "
+        "window twice when it detects the language)",
+        f"  ttmedia c=1 median {median * 1000:.0f} ms = {(median / ref_median - 1) * 100:+.1f}% overhead "
+        f"(goal <= 5%); {median / plain_median:.2f}x faster-whisper's own transcribe()",
+        "  ttmedia c=4: " + ", ".join(f"{rps:.3f} req/s = {rps * lim:.2f}x one core's in-process rate"
+                                      for rps, lim in throughput),
+    ]
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.real_models", description=__doc__.split("\n\n")[0])
-    parser.add_argument("scenario", choices=["embeddings", "transcription", "all", "_encode", "_transcribe"])
-    parser.add_argument("--seconds", type=float, default=20.0, help="length of each embedding load run")
-    parser.add_argument("--requests", type=int, default=12, help="transcriptions per measurement")
-    parser.add_argument("--repeats", type=int, default=1, help="repeat each comparison")
+    parser.add_argument("scenario", choices=["embeddings", "transcription", "all", "_serve-encode",
+                                             "_serve-transcribe"])
+    parser.add_argument("--seconds", type=float, default=10.0, help="length of each embedding measurement")
+    parser.add_argument("--requests", type=int, default=6, help="transcriptions per round")
+    parser.add_argument("--repeats", type=int, default=3, help="rounds of each comparison")
     parser.add_argument("--batch", type=int, default=32, help=argparse.SUPPRESS)
     parser.add_argument("--wav", default="", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    if args.scenario == "_encode":
-        print(json.dumps(_encode_reference(args.seconds, args.batch)))
+    if args.scenario == "_serve-encode":
+        _serve_encode(args.batch)
         return
-    if args.scenario == "_transcribe":
-        print(json.dumps(_transcribe_reference(args.wav, args.requests)))
+    if args.scenario == "_serve-transcribe":
+        _serve_transcribe(args.wav)
         return
     pin_self(LOAD_CORE)
     logs = Path(tempfile.mkdtemp(prefix="ttmedia-bench-real-"))
