@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from typing import Any
 
 
 DESCRIPTION = """\
@@ -17,56 +18,137 @@ API_KEY, ...): see the README's Configuration table.
 
 
 def _serve(args: argparse.Namespace) -> int:
-    # Start-up order matters (bench scenario 5): the forkserver begins importing the worker
-    # modules first, the worker processes start as soon as the models are known, and only then
-    # is the web stack imported, while the devices warm up.
+    """Start-up order matters (bench scenario 5). First what can refuse the start in
+    milliseconds, before any process is started: settings, the listening socket (a taken port
+    is the only thing said), models, DATA_DIR's lock, runner modules. Then the forkserver, which
+    starts importing the worker modules, the worker processes, and only then the web stack,
+    while the devices warm up."""
+    from ttmedia.startup import EXIT_CONFIG, EXIT_STARTUP, PROCESS, StartupFailed, describe, kill_children
+
+    PROCESS.owned = True
+
+    def fail(lines: list[str], code: int) -> int:
+        for line in lines:
+            print(f"ttmedia: {line}", file=sys.stderr)
+        return code
+
+    from ttmedia.security import BindRefused, check_bind_allowed
+    from ttmedia.settings import SettingsError, load_settings
+
+    try:
+        settings = load_settings(**({"log_level": args.log_level} if args.log_level else {}))
+        check_bind_allowed(args.host, settings)
+    except SettingsError as exc:
+        return fail(exc.lines, EXIT_CONFIG)
+    except BindRefused as exc:
+        return fail([str(exc)], EXIT_CONFIG)
+
+    from ttmedia.listen import ListenError, listen, url_of
+
+    try:
+        sockets = listen(args.host, args.port)
+    except ListenError as exc:
+        return fail([str(exc)], EXIT_STARTUP)
+    port = sockets[0].getsockname()[1]
+
+    from ttmedia.runners.faults import parse_faults
+    from ttmedia.scheduler.devices import ConfigError, served_models
+    from ttmedia.startup import check_data_dir, check_runners
+
+    try:
+        models = served_models(settings)
+        parse_faults(settings.sim_faults)
+    except (ConfigError, ValueError) as exc:
+        return _closed(sockets, fail([f"configuration error: {exc}"], EXIT_CONFIG))
+    try:
+        check_data_dir(settings.data_dir)
+        check_runners(models)
+    except StartupFailed as exc:
+        return _closed(sockets, fail([str(exc)], EXIT_STARTUP))
+
     import gc
 
     from ttmedia.scheduler.forkserver import start_forkserver
+    from ttmedia.scheduler.scheduler import launch_workers_early
 
     start_forkserver()
     # Imports make few cycles and many objects: collecting during them is wasted start-up time
     # (60 ms). The app's lifespan freezes what was loaded and turns the collector back on.
     gc.disable()
-
-    from ttmedia.scheduler.devices import ConfigError, served_models
-    from ttmedia.scheduler.scheduler import launch_workers_early
-    from ttmedia.security import check_bind_allowed
-    from ttmedia.settings import load_settings
-
-    settings = load_settings()
-    check_bind_allowed(args.host, settings)
     try:
-        models = served_models(settings)
-    except ConfigError as exc:
-        print(f"ttmedia: configuration error: {exc}", file=sys.stderr)
-        return 2
-    launch_workers_early(settings, models)
+        launch_workers_early(settings, models)
+
+        from ttmedia.logs import configure_logging
+
+        configure_logging(settings.log_level, settings.log_format, server=True)
+        try:
+            server = _server(settings, args, models, url_of(args.host, port))
+        except Exception as exc:  # noqa: BLE001 - any failure to build the app: one line, not a traceback
+            return fail([describe(exc, "cannot start")], EXIT_STARTUP)
+        server.run(sockets=sockets)  # a failed lifespan exits with uvicorn's code 3 (SystemExit)
+        return 0 if server.started else EXIT_STARTUP
+    finally:
+        # A failed start, or a forced exit (a second Ctrl-C) that skipped the drain: workers
+        # ignore SIGTERM, so the interpreter would wait for them at exit for ever.
+        kill_children()
+        for sock in sockets:
+            sock.close()
+
+
+def _closed(sockets: list[Any], code: int) -> int:
+    for sock in sockets:
+        sock.close()
+    return code
+
+
+def _server(settings: Any, args: argparse.Namespace, models: list[Any], url: str) -> Any:
+    """The uvicorn server for the app; the app is built here, with the settings read above."""
+    import contextlib
+    import logging
 
     import uvicorn
 
+    from ttmedia.app import create_app
+    from ttmedia.httpguard import GuardedHttpToolsProtocol
     from ttmedia.runtime import begin_drain
-    print(f"ttmedia: serving {', '.join(m.name for m in models)} on http://{args.host}:{args.port} "
-          f"(Swagger UI at /ui/, spec at /openapi.yaml)", file=sys.stderr)
+
+    app = create_app(settings)
     config = uvicorn.Config(
-        "ttmedia.app:create_app",
-        factory=True,
-        host=args.host,
-        port=args.port,
+        app,
         workers=1,  # the scheduler owns the devices: one server process per host
-        log_level=args.log_level or settings.log_level,
+        log_config=None,  # ours (ttmedia.logs); uvicorn's access log stays off
+        access_log=False,
+        log_level=settings.log_level,
+        http=GuardedHttpToolsProtocol,
+        timeout_keep_alive=settings.keep_alive_timeout_seconds,  # type: ignore[arg-type]
+        h11_max_incomplete_event_size=settings.max_request_header_bytes,
         timeout_graceful_shutdown=int(settings.drain_grace_seconds) + 5,
     )
+
     class DrainingServer(uvicorn.Server):
         """On SIGTERM/SIGINT, models answer 503 `draining` at once, while uvicorn lets in-flight
-        requests finish; the lifespan then stops the workers."""
+        requests finish; the lifespan then stops the workers. The process then exits with code 0,
+        instead of uvicorn raising the signal again (a KeyboardInterrupt traceback on Ctrl-C)."""
 
         def handle_exit(self, sig: int, frame: object) -> None:
             begin_drain()
             super().handle_exit(sig, frame)  # type: ignore[arg-type]
 
-    DrainingServer(config).run()
-    return 0
+        @contextlib.contextmanager
+        def capture_signals(self) -> Any:
+            with super().capture_signals():
+                try:
+                    yield
+                finally:
+                    self._captured_signals.clear()
+
+        async def startup(self, sockets: Any = None) -> None:
+            await super().startup(sockets)  # the lifespan first: a failed one exits here
+            logging.getLogger("ttmedia").info(
+                "serving %s on %s (Swagger UI at /ui/, spec at /openapi.yaml)",
+                ", ".join(m.name for m in models), url)
+
+    return DrainingServer(config)
 
 
 def _spec(args: argparse.Namespace) -> int:

@@ -15,7 +15,10 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from ttmedia import problems
 from ttmedia.routing import operation_of
 from ttmedia.runtime import Runtime
-from ttmedia.security import key_accepted
+from ttmedia.security import header_authorized
+
+#: scope["extensions"] key: the early gate found this family serving; the gate need not ask again.
+GATED = "ttmedia.gated"
 
 
 def families_by_operation(spec: dict[str, Any]) -> dict[str, str]:
@@ -37,7 +40,7 @@ class ReadinessGate:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
             family = self.families.get(operation_of(scope))
-            if family is not None:
+            if family is not None and scope.get("extensions", {}).get(GATED) != family:
                 self.runtime.scheduler.gate(family)
         await self.app(scope, receive, send)
 
@@ -79,12 +82,12 @@ class EarlyGate:
             return not_ready
         except problems.Problem:
             return None
+        scope.setdefault("extensions", {})[GATED] = family  # serving: the full path's gate need not ask again
         return None
 
     @staticmethod
     def _authorized(scope: Scope, keys: tuple[str, ...]) -> bool:
         for name, value in scope.get("headers", ()):
             if name == b"authorization":
-                scheme, _, token = value.decode("latin-1").partition(" ")
-                return scheme.lower() == "bearer" and key_accepted(token.strip(), keys)
+                return header_authorized(value, keys)
         return False

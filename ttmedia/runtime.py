@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from connexion import request
 
 from ttmedia.jobs.manager import JobManager
+from ttmedia.looplag import LoopLag
 from ttmedia.metrics import Metrics
 from ttmedia.scheduler.scheduler import Scheduler
 from ttmedia.settings import Settings
@@ -19,10 +20,12 @@ class Runtime:
     scheduler: Scheduler = field(init=False)
     metrics: Metrics = field(init=False)
     jobs: JobManager = field(init=False)
+    loop_lag: LoopLag = field(init=False)
 
     def __post_init__(self) -> None:
         self.scheduler = Scheduler(self.settings)
         self.metrics = Metrics()
+        self.loop_lag = LoopLag(self.metrics.loop_lag)
         self.jobs = JobManager(self.settings, self.scheduler)
         _ACTIVE.add(self)
 
