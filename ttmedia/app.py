@@ -26,6 +26,7 @@ from connexion.exceptions import (
 from connexion.datastructures import MediaTypeDict
 from connexion.lifecycle import ConnexionRequest, ConnexionResponse
 from connexion.middleware import ConnexionMiddleware, MiddlewarePosition
+from connexion.middleware.request_validation import RequestValidationMiddleware
 from connexion.middleware.security import SecurityMiddleware
 from connexion.operations import OpenAPIOperation
 from connexion.options import SwaggerUIOptions
@@ -119,10 +120,17 @@ class DeclaredContentTypeOperation(OpenAPIOperation):
         return self._consumes
 
     def body_definition(self, content_type: str | None = None) -> dict[str, Any]:
-        if not self.request_body:
-            return {}
-        content = MediaTypeDict(self.request_body.get("content", {}))
-        return self.with_definitions(content.get(content_type or self.consumes[0], {}))
+        # Asked 6 times per request by Connexion's layers; the answer depends on the type alone.
+        cache = self.__dict__.setdefault("_body_definitions", {})
+        found = cache.get(content_type)
+        if found is None:
+            if not self.request_body:
+                found = {}
+            else:
+                content = MediaTypeDict(self.request_body.get("content", {}))
+                found = self.with_definitions(content.get(content_type or self.consumes[0], {}))
+            cache[content_type] = found
+        return found  # type: ignore[no-any-return]
 
 
 class TagResolver(Resolver):
@@ -357,6 +365,9 @@ def _build(settings: Settings, server: Any = None) -> AsyncApp:
             expose_headers=["X-Request-ID", "Retry-After", "Location", "Content-Range", "Content-Disposition"],
         )
     _install_error_handlers(app, spec)
+    # Last: middleware positions are found by Connexion's own class.
+    stack = app.middleware.middlewares
+    stack[stack.index(RequestValidationMiddleware)] = fastpath.PreparedRequestValidationMiddleware
     app.runtime = runtime  # type: ignore[attr-defined]  # for tests and the CLI
     return app
 

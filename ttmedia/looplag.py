@@ -4,6 +4,10 @@ Everything the server does for every request and every token runs on one event l
 that blocks it (a big pickle, a synchronous subprocess, a slow log write) delays all of them.
 A timer due every INTERVAL_S measures that delay; `ttmedia_event_loop_lag_seconds` is its
 histogram, and /livez reports the worst recent lag (503 when the loop has been stuck).
+
+A stall also counts the samples it kept from being taken (one per INTERVAL_S, each that much
+less late): otherwise a two-second stall would be one sample among hundreds and vanish from
+every percentile ("coordinated omission").
 """
 
 from __future__ import annotations
@@ -45,6 +49,10 @@ class LoopLag:
             self.last_sample = now
             if observe is not None:
                 observe(lag)
+                missed = lag - INTERVAL_S
+                while missed > 0:
+                    observe(missed)
+                    missed -= INTERVAL_S
             recent = self._recent
             if lag >= 0.001 or not recent:  # only lags worth reporting need remembering
                 recent.append((now, lag))

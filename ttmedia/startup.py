@@ -106,7 +106,8 @@ def describe(exc: BaseException, doing: str = "") -> str:
         return str(exc)
     if isinstance(exc, StoreLocked):
         return f"{exc}; stop that server, or set DATA_DIR to a directory of this server's own"
-    text = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+    said = " ".join(str(exc).split())  # one line, whatever the message
+    text = f"{type(exc).__name__}: {said}" if said else type(exc).__name__
     frames = traceback.extract_tb(exc.__traceback__)
     if any(f.filename.endswith(("multiprocessing/forkserver.py", "multiprocessing/popen_forkserver.py"))
            for f in frames):

@@ -14,6 +14,7 @@ has no Content-Length, which Connexion takes for no body at all.
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import json
 import re
@@ -56,13 +57,17 @@ def _compiled_for(schema: dict[str, t.Any]) -> t.Any:
     return entry[1]
 
 
+class ClientLeft(asyncio.CancelledError):
+    """The client went away before its body was complete: nobody is left to answer (499)."""
+
+
 async def _read_body(receive: Receive) -> bytes:
     chunks = []
     more = True
     while more:
         message = await receive()
         if message["type"] != "http.request":
-            break  # the client left; the disconnect watcher (ttmedia.disconnect) deals with it
+            raise ClientLeft("the client left before its request body was complete")
         chunks.append(message.get("body", b""))
         more = message.get("more_body", False)
     return b"".join(chunks)
@@ -101,6 +106,8 @@ def parse_json(raw: bytes) -> t.Any:
 
 
 class JSONBodyValidator(JSONRequestBodyValidator):
+    STATELESS = True  # one instance may validate every request of its operation (ttmedia.fastpath)
+
     @property
     def _validator(self) -> t.Any:
         return _compiled_for(self._schema)
@@ -168,7 +175,7 @@ class _WholeForm:
             while more:
                 message = await receive()
                 if message["type"] != "http.request":
-                    break
+                    raise ClientLeft("the client left before its request body was complete")
                 more = message.get("more_body", False)
                 yield message.get("body", b"")
             yield b""
@@ -215,8 +222,21 @@ class NDJSONResponseBodyValidator(JSONResponseBodyValidator):
             super()._validate(line)
 
 
+class _MemoMediaTypeDict(MediaTypeDict):
+    """A MediaTypeDict that remembers its answers: Connexion looks up the validator for the
+    request's content type on every request, by sorting the patterns and fnmatch-ing each."""
+
+    def __getitem__(self, item: str) -> t.Any:
+        memo: dict[str, t.Any] = self.__dict__.setdefault("_memo", {})
+        try:
+            return memo[item]
+        except KeyError:
+            value = memo[item] = super().__getitem__(item)
+            return value
+
+
 VALIDATOR_MAP = {
-    "body": MediaTypeDict(
+    "body": _MemoMediaTypeDict(
         {
             "*/*json": JSONBodyValidator,
             "application/x-www-form-urlencoded": FormBodyValidator,
@@ -224,7 +244,7 @@ VALIDATOR_MAP = {
         }
     ),
     # Order matters: the first matching pattern wins, and `*/*json` also matches x-ndjson.
-    "response": MediaTypeDict(
+    "response": _MemoMediaTypeDict(
         {
             "application/x-ndjson": NDJSONResponseBodyValidator,
             "*/*json": JSONResponseBodyValidator,
