@@ -45,6 +45,7 @@ from ttmedia.requestlog import RequestMiddleware
 from ttmedia.routing import AllowedMethods, ConcretePathsFirst
 from ttmedia.runtime import Runtime
 from ttmedia.scheduler.devices import ConfigError
+from ttmedia.scheduler.readiness import WorkerState
 from ttmedia.scheduler.worker import EARLY_LAUNCH
 from ttmedia.security import BindRefused, check_bind_allowed
 from ttmedia.served_spec import ServeSpecFile, parse_spec
@@ -378,6 +379,10 @@ async def _abort_start(runtime: Runtime, exc: BaseException, doing: str) -> typi
     line = startup.describe(exc, doing)
     log.error("cannot start: %s", line.removeprefix("cannot start: "))
     runtime.loop_lag.stop()
+    for pool in runtime.scheduler.pools.values():
+        for worker in pool.workers:  # stopped on purpose: their exits are not news
+            worker.expect_exit = True
+            worker.state = WorkerState.STOPPED
     await asyncio.to_thread(startup.kill_children)
     with contextlib.suppress(Exception):
         await runtime.jobs.stop()

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import atexit
 import json
+import os
 import sys
 from typing import Any
 
@@ -191,7 +193,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return int(args.func(args))
+    if args.command != "serve":
+        return int(args.func(args))
+    try:
+        code = int(args.func(args))
+    except SystemExit as exc:  # uvicorn's own exit (a failed lifespan: 3)
+        code = exc.code if isinstance(exc.code, int) else 1
+    # The server is done and every child is gone: run the exit handlers (logs, multiprocessing's
+    # temp directory), then leave without tearing down the interpreter's modules one by one,
+    # which takes the better part of a second on a busy machine.
+    atexit._run_exitfuncs()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 if __name__ == "__main__":

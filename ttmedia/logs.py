@@ -135,6 +135,8 @@ class _Writer:
         """Write what is queued, then write each record at once: the process may end any moment
         (uvicorn ends it with the signal it caught, which skips exit handlers)."""
         self.close()
+        if self._thread.is_alive():
+            return  # stderr is stalled: writing from here would stall shutdown with it
         self.direct = True
         self._drain()
 
