@@ -75,7 +75,7 @@ class LiveServer:
 
 @contextlib.contextmanager
 def live_server(env: dict[str, str] | None = None, wait_ready: bool = True, timeout: float = 60.0,
-                cli: bool = False, stderr: Any = None) -> Iterator[LiveServer]:
+                cli: bool = False, stderr: Any = None, args: tuple[str, ...] = ()) -> Iterator[LiveServer]:
     """uvicorn on 127.0.0.1 and a random free port, in its own process group; with `cli`, started
     as operators do, by `ttmedia serve` (which also starts the workers before the app). `stderr`:
     where its log goes (a file, a pipe); the test's own stderr if None."""
@@ -86,7 +86,7 @@ def live_server(env: dict[str, str] | None = None, wait_ready: bool = True, time
     command = ([sys.executable, "-m", "ttmedia", "serve"] if cli else
                [sys.executable, "-m", "uvicorn", "ttmedia.app:create_app", "--factory"])
     log_level = ["--log-level", full_env["LOG_LEVEL"].lower()]
-    proc = subprocess.Popen([*command, "--host", "127.0.0.1", "--port", str(port), *log_level],
+    proc = subprocess.Popen([*command, "--host", "127.0.0.1", "--port", str(port), *log_level, *args],
                             env=full_env, start_new_session=True, stderr=stderr)
     server = LiveServer(proc, f"http://127.0.0.1:{port}")
     try:

@@ -140,17 +140,36 @@ class _HeaderTimeout(problems.Problem):
 
 
 class GuardedHttpToolsProtocol(_Guard, HttpToolsProtocol):
+    _head_size = 0  # request line and headers as parsed (a complete head can be too large too)
+
     def on_message_begin(self) -> None:
         super().on_message_begin()
         if self._phase != HEAD or self._timer is None:  # a kept-alive connection's next request
             self._start_head()
-        self._head_bytes = 0
+        self._head_bytes = self._head_size = 0
+
+    def on_url(self, url: bytes) -> None:
+        self._head_size += len(url)
+        super().on_url(url)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._head_size += len(name) + len(value) + 4
+        super().on_header(name, value)
 
     def on_headers_complete(self) -> None:
+        if self._head_size > Limits.max_header_bytes:
+            self._refuse(_HeaderTooLarge())  # before the app sees the request
+            return
         self._start_body()
         super().on_headers_complete()
 
+    def on_body(self, body: bytes) -> None:
+        if not self.transport.is_closing():  # nothing for a request refused above
+            super().on_body(body)
+
     def on_message_complete(self) -> None:
+        if self.transport.is_closing():
+            return
         self._start_busy()
         super().on_message_complete()
 

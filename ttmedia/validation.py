@@ -169,9 +169,23 @@ class _WholeForm:
     def _keep(self, form: FormData) -> None:
         self._form = form
 
+    _required: bool
+
     async def wrap_receive(self, receive: Receive, *, scope: Scope) -> tuple[Receive, Scope]:
+        first = await receive()
+        if first["type"] != "http.request":
+            raise ClientLeft("the client left before its request body was complete")
+        if not first.get("body") and not first.get("more_body", False):  # no body at all
+            if self._required:
+                raise InvalidRequest("A request body is required.")
+            return receive, scope
+        if "content-type" not in Headers(scope=scope):
+            # The operation's default type was assumed, but a form needs its Content-Type (boundary).
+            raise MalformedBody("A form body needs a Content-Type header (with its boundary, for multipart).")
+
         async def stream() -> t.AsyncGenerator[bytes, None]:
-            more = True
+            yield first.get("body", b"")
+            more = first.get("more_body", False)
             while more:
                 message = await receive()
                 if message["type"] != "http.request":
