@@ -2,8 +2,8 @@
 
 Starlette notices a disconnect only while it streams a response. A client that gives up on a
 slow image generation would otherwise leave its request queued, and later run, on a device.
-Here the request runs as a task; once its body has been read, a watcher waits for the
-`http.disconnect` message and cancels the task if no response has started. The cancellation
+Once the request's body has been read, a watcher task waits for the `http.disconnect` message
+and cancels the request's task if no response has started. The cancellation
 reaches the scheduler, which drops a queued request and tells a worker to stop a stream.
 """
 
@@ -42,22 +42,30 @@ async def run_until_disconnect(app: ASGIApp, scope: Scope, receive: Receive, sen
             response_started = True
         await send(message)
 
-    task = asyncio.ensure_future(app(scope, guarded_receive, tracking_send))
+    # The app runs in this task (a task of its own per request costs more than the watcher);
+    # the watcher cancels this task, and the cancellation is taken back here.
+    task = asyncio.current_task()
+    assert task is not None
+    cancelled_by_watcher = False
 
     async def watch() -> None:
+        nonlocal cancelled_by_watcher
         await body_done.wait()
         message = await receive()
         if message["type"] == "http.disconnect":
             disconnected.set()
             if not response_started:
+                cancelled_by_watcher = True
                 task.cancel()
 
     watcher = asyncio.ensure_future(watch())
     try:
-        await task
+        await app(scope, guarded_receive, tracking_send)
         return True
     except asyncio.CancelledError:
         if disconnected.is_set() and not response_started:
+            if cancelled_by_watcher:
+                task.uncancel()
             return False
         raise
     finally:

@@ -28,6 +28,7 @@ from connexion.context import scope as context_scope
 from connexion.decorators import StarletteDecorator
 from connexion import utils
 from connexion.exceptions import UnsupportedMediaTypeProblem
+from connexion.http_facts import FORM_CONTENT_TYPES
 from connexion.lifecycle import ConnexionRequest
 from connexion.middleware.request_validation import (
     RequestValidationAPI,
@@ -51,6 +52,11 @@ class ParsedBodyRequest(ConnexionRequest):
         if parsed is not _NOTHING:
             return parsed
         return await super().get_body()
+
+    async def files(self) -> t.Any:
+        if self._files is None and self.mimetype not in FORM_CONTENT_TYPES:
+            self._files = {}  # not a form: nothing to parse, and no form() to ask
+        return await super().files()
 
     async def _split_form_files(self) -> None:
         form = self._starlette_request.scope.get("extensions", {}).get(PARSED_FORM)
