@@ -230,11 +230,14 @@ def create_app(settings: Settings | None = None) -> AsyncApp:
             startup.PROCESS.owned = True
             if server.uds is None and server.fd is None:
                 check_bind_allowed(server.host, settings)
+            startup.check_data_dir(settings.data_dir)  # before any worker starts
         app = _build(settings, server)
     except SettingsError as exc:
         _exit(exc.lines, startup.EXIT_CONFIG)
     except (BindRefused, ConfigError) as exc:
         _exit([str(exc)], startup.EXIT_CONFIG)
+    except startup.StartupFailed as exc:
+        _exit([str(exc)], startup.EXIT_STARTUP)
     except Exception as exc:  # noqa: BLE001 - any failure: one line, not a traceback
         _exit([startup.describe(exc, "cannot start")], startup.EXIT_STARTUP)
     return app
@@ -379,11 +382,22 @@ async def _abort_start(runtime: Runtime, exc: BaseException, doing: str) -> typi
     line = startup.describe(exc, doing)
     log.error("cannot start: %s", line.removeprefix("cannot start: "))
     runtime.loop_lag.stop()
-    for pool in runtime.scheduler.pools.values():
-        for worker in pool.workers:  # stopped on purpose: their exits are not news
-            worker.expect_exit = True
-            worker.state = WorkerState.STOPPED
-    await asyncio.to_thread(startup.kill_children)
+    workers = [w for pool in runtime.scheduler.pools.values() for w in pool.workers]
+    for worker in workers:  # stopped on purpose: their exits are not news
+        worker.expect_exit = True
+        worker.state = WorkerState.STOPPED
+        worker.kill()
+
+    def reap() -> None:
+        for worker in workers:
+            if worker.process is not None:
+                worker.process.join(5)
+        # A server process of its own: also what nothing adopted, and the forkserver. (A test
+        # that embeds the app may run other apps' workers in this process.)
+        if startup.PROCESS.owned:
+            startup.kill_children()
+
+    await asyncio.to_thread(reap)
     with contextlib.suppress(Exception):
         await runtime.jobs.stop()
     raise startup.StartupReported(line) from None

@@ -20,11 +20,12 @@ API_KEY, ...): see the README's Configuration table.
 
 
 def _serve(args: argparse.Namespace) -> int:
-    """Start-up order matters (bench scenario 5). First what can refuse the start in
-    milliseconds, before any process is started: settings, the listening socket (a taken port
-    is the only thing said), models, DATA_DIR's lock, runner modules. Then the forkserver, which
-    starts importing the worker modules, the worker processes, and only then the web stack,
-    while the devices warm up."""
+    """Start-up order matters (bench scenario 5). The listening socket first: a taken port is
+    the only thing said, before any process starts. Then the forkserver, which begins importing
+    the worker modules while the settings, models, DATA_DIR's lock and the runner modules are
+    checked (a failure there ends it again); the worker processes as soon as the models are
+    known; the web stack last, while the devices warm up."""
+    from ttmedia.listen import ListenError, listen, url_of
     from ttmedia.startup import EXIT_CONFIG, EXIT_STARTUP, PROCESS, StartupFailed, describe, kill_children
 
     PROCESS.owned = True
@@ -34,50 +35,46 @@ def _serve(args: argparse.Namespace) -> int:
             print(f"ttmedia: {line}", file=sys.stderr)
         return code
 
-    from ttmedia.security import BindRefused, check_bind_allowed
-    from ttmedia.settings import SettingsError, load_settings
-
-    try:
-        settings = load_settings(**({"log_level": args.log_level} if args.log_level else {}))
-        check_bind_allowed(args.host, settings)
-    except SettingsError as exc:
-        return fail(exc.lines, EXIT_CONFIG)
-    except BindRefused as exc:
-        return fail([str(exc)], EXIT_CONFIG)
-
-    from ttmedia.listen import ListenError, listen, url_of
-
     try:
         sockets = listen(args.host, args.port)
     except ListenError as exc:
         return fail([str(exc)], EXIT_STARTUP)
     port = sockets[0].getsockname()[1]
 
-    from ttmedia.runners.faults import parse_faults
-    from ttmedia.scheduler.devices import ConfigError, served_models
-    from ttmedia.startup import check_data_dir, check_runners
-
-    try:
-        models = served_models(settings)
-        parse_faults(settings.sim_faults)
-    except (ConfigError, ValueError) as exc:
-        return _closed(sockets, fail([f"configuration error: {exc}"], EXIT_CONFIG))
-    try:
-        check_data_dir(settings.data_dir)
-        check_runners(models)
-    except StartupFailed as exc:
-        return _closed(sockets, fail([str(exc)], EXIT_STARTUP))
-
     import gc
 
     from ttmedia.scheduler.forkserver import start_forkserver
-    from ttmedia.scheduler.scheduler import launch_workers_early
 
     start_forkserver()
     # Imports make few cycles and many objects: collecting during them is wasted start-up time
     # (60 ms). The app's lifespan freezes what was loaded and turns the collector back on.
     gc.disable()
     try:
+        from ttmedia.runners.faults import parse_faults
+        from ttmedia.scheduler.devices import ConfigError, served_models
+        from ttmedia.security import BindRefused, check_bind_allowed
+        from ttmedia.settings import SettingsError, load_settings
+        from ttmedia.startup import check_data_dir, check_runners
+
+        try:
+            settings = load_settings(**({"log_level": args.log_level} if args.log_level else {}))
+            check_bind_allowed(args.host, settings)
+            models = served_models(settings)
+            parse_faults(settings.sim_faults)
+        except SettingsError as exc:
+            return fail(exc.lines, EXIT_CONFIG)
+        except (BindRefused, ConfigError) as exc:
+            return fail([str(exc) if isinstance(exc, BindRefused) else f"configuration error: {exc}"], EXIT_CONFIG)
+        except ValueError as exc:  # SIM_FAULTS
+            return fail([f"configuration error: {exc}"], EXIT_CONFIG)
+        try:
+            check_data_dir(settings.data_dir)
+            check_runners(models)
+        except StartupFailed as exc:
+            return fail([str(exc)], EXIT_STARTUP)
+
+        from ttmedia.scheduler.scheduler import launch_workers_early
+
         launch_workers_early(settings, models)
 
         from ttmedia.logs import configure_logging
@@ -91,16 +88,11 @@ def _serve(args: argparse.Namespace) -> int:
         return 0 if server.started else EXIT_STARTUP
     finally:
         # A failed start, or a forced exit (a second Ctrl-C) that skipped the drain: workers
-        # ignore SIGTERM, so the interpreter would wait for them at exit for ever.
+        # ignore SIGTERM, so the interpreter would wait for them at exit for ever. The forkserver
+        # goes too.
         kill_children()
         for sock in sockets:
             sock.close()
-
-
-def _closed(sockets: list[Any], code: int) -> int:
-    for sock in sockets:
-        sock.close()
-    return code
 
 
 def _server(settings: Any, args: argparse.Namespace, models: list[Any], url: str) -> Any:
