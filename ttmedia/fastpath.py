@@ -23,19 +23,23 @@ import asyncio
 import typing as t
 
 from connexion.apps.asynchronous import AsyncApi, AsyncASGIApp, AsyncOperation
+from connexion.context import operation as context_operation
 from connexion.context import receive as context_receive
 from connexion.context import scope as context_scope
 from connexion.decorators import StarletteDecorator
+from connexion.decorators.parameter import pythonic, sanitized, unwrap_decorators
 from connexion import utils
 from connexion.exceptions import UnsupportedMediaTypeProblem
 from connexion.http_facts import FORM_CONTENT_TYPES
-from connexion.lifecycle import ConnexionRequest
+from connexion.lifecycle import ConnexionRequest, ConnexionResponse
 from connexion.middleware.request_validation import (
     RequestValidationAPI,
     RequestValidationMiddleware,
     RequestValidationOperation,
 )
+from connexion.utils import inspect_function_arguments
 from connexion.validators import ParameterValidator
+from starlette.responses import Response as StarletteResponse
 from starlette.types import Receive, Scope, Send
 
 from ttmedia.scheduler.pool import OPEN_STREAMS
@@ -66,13 +70,26 @@ class ParsedBodyRequest(ConnexionRequest):
 
 
 class PreparedAsyncOperation(AsyncOperation):
-    _prepared: tuple[t.Any, t.Any, t.Callable[..., t.Any]] | None = None
+    _prepared: tuple[t.Any, t.Callable[..., t.Any], tuple[t.Callable[..., t.Any], str] | None] | None = None
 
-    def _prepare(self) -> tuple[t.Any, t.Any, t.Callable[..., t.Any]]:
+    def _prepare(self) -> tuple[t.Any, t.Callable[..., t.Any], tuple[t.Callable[..., t.Any], str] | None]:
         decorator = StarletteDecorator(pythonic_params=self.pythonic_params, jsonifier=self.jsonifier)
         # uri_parser reads the current operation from Connexion's context: fixed for this operation.
-        self._prepared = (decorator.framework, decorator.uri_parser, decorator.decorate(self._fn))
+        self._prepared = (decorator.uri_parser, decorator.decorate(self._fn), self._direct())
         return self._prepared
+
+    def _direct(self) -> tuple[t.Callable[..., t.Any], str] | None:
+        """The handler, called with the parsed body alone, when that is all Connexion's decorators
+        would give it: no path, query or header parameters, one argument, the body. (Three
+        layers of decorators and their argument assembly cost more than the handler, per request.)"""
+        spec_operation = context_operation._get_current_object()  # type: ignore[attr-defined]
+        arguments, has_kwargs = inspect_function_arguments(unwrap_decorators(self._fn))
+        sanitize = pythonic if self.pythonic_params else sanitized
+        body_name = sanitize(spec_operation.body_name(None))
+        if (spec_operation.parameters or has_kwargs or arguments != [body_name]
+                or not asyncio.iscoroutinefunction(self._fn)):
+            return None
+        return self._fn, body_name
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> t.Any:
         if OPEN_STREAMS.count:
@@ -81,10 +98,28 @@ class PreparedAsyncOperation(AsyncOperation):
             # meanwhile reach their streams first (bench 4 at c=8: inter-token p99 2.0 -> 1.75
             # ms). Only while streams are open: the extra loop turn costs 10% of throughput.
             await asyncio.sleep(0)
-        _framework, uri_parser, handler = self._prepared or self._prepare()
-        request = ParsedBodyRequest(context_scope, context_receive, uri_parser=uri_parser)
-        response = await handler(request)
+        uri_parser, handler, direct = self._prepared or self._prepare()
+        parsed = scope.get("extensions", {}).get(PARSED_BODY, _NOTHING)
+        if direct is not None and parsed is not _NOTHING:
+            function, body_name = direct
+            response = await function(**{body_name: parsed})
+            if not isinstance(response, StarletteResponse):
+                response = _framework_response(response, self.jsonifier)
+        else:
+            request = ParsedBodyRequest(context_scope, context_receive, uri_parser=uri_parser)
+            response = await handler(request)
         return await response(scope, receive, send)
+
+
+def _framework_response(result: t.Any, jsonifier: t.Any) -> StarletteResponse:
+    """What Connexion's response decorator makes of a handler's result that is not a response."""
+    from connexion.decorators.response import AsyncResponseDecorator
+    from connexion.frameworks.starlette import Starlette as StarletteFramework
+
+    if isinstance(result, ConnexionResponse):
+        return StarletteFramework.connexion_to_framework_response(result)  # type: ignore[no-any-return]
+    builder = AsyncResponseDecorator(framework=StarletteFramework, jsonifier=jsonifier)
+    return builder.build_framework_response(result)  # type: ignore[no-any-return]
 
 
 class PreparedAsyncApi(AsyncApi):
