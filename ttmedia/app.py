@@ -27,6 +27,7 @@ from connexion.datastructures import MediaTypeDict
 from connexion.lifecycle import ConnexionRequest, ConnexionResponse
 from connexion.middleware import ConnexionMiddleware, MiddlewarePosition
 from connexion.middleware.request_validation import RequestValidationMiddleware
+from connexion.middleware.routing import RoutingMiddleware
 from connexion.middleware.security import SecurityMiddleware
 from connexion.operations import OpenAPIOperation
 from connexion.options import SwaggerUIOptions
@@ -48,7 +49,7 @@ from ttmedia.scheduler.devices import ConfigError
 from ttmedia.scheduler.readiness import WorkerState
 from ttmedia.scheduler.worker import EARLY_LAUNCH
 from ttmedia.security import BindRefused, check_bind_allowed
-from ttmedia.served_spec import ServeSpecFile, parse_spec
+from ttmedia.served_spec import SWAGGER_UI_PREFIX, ServeSpecFile, parse_spec
 from ttmedia.settings import Settings, SettingsError, load_settings
 from ttmedia.validation import VALIDATOR_MAP
 
@@ -331,7 +332,7 @@ def _build(settings: Settings, server: Any = None) -> AsyncApp:
         lifespan=lifespan,
         middlewares=middlewares,
         validator_map=VALIDATOR_MAP,
-        swagger_ui_options=SwaggerUIOptions(swagger_ui_path="/ui"),
+        swagger_ui_options=SwaggerUIOptions(swagger_ui_path=SWAGGER_UI_PREFIX),
     )
     fastpath.install(app._middleware_app)
     with compiled_spec_check():
@@ -372,6 +373,7 @@ def _build(settings: Settings, server: Any = None) -> AsyncApp:
     # Last: middleware positions are found by Connexion's own class.
     stack = app.middleware.middlewares
     stack[stack.index(RequestValidationMiddleware)] = fastpath.PreparedRequestValidationMiddleware
+    stack[stack.index(RoutingMiddleware)] = fastpath.IndexedRoutingMiddleware
     app.runtime = runtime  # type: ignore[attr-defined]  # for tests and the CLI
     return app
 

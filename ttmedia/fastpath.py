@@ -32,6 +32,7 @@ from connexion import utils
 from connexion.exceptions import UnsupportedMediaTypeProblem
 from connexion.http_facts import FORM_CONTENT_TYPES
 from connexion.lifecycle import ConnexionRequest, ConnexionResponse
+from connexion.middleware.routing import RoutingMiddleware
 from connexion.middleware.request_validation import (
     RequestValidationAPI,
     RequestValidationMiddleware,
@@ -39,7 +40,9 @@ from connexion.middleware.request_validation import (
 )
 from connexion.utils import inspect_function_arguments
 from connexion.validators import ParameterValidator
+from starlette._utils import get_route_path
 from starlette.responses import Response as StarletteResponse
+from starlette.routing import Match, Mount, Route, Router
 from starlette.types import Receive, Scope, Send
 
 from ttmedia.scheduler.pool import OPEN_STREAMS
@@ -206,6 +209,55 @@ class PreparedRequestValidationAPI(RequestValidationAPI):
 
 class PreparedRequestValidationMiddleware(RequestValidationMiddleware):
     api_cls = PreparedRequestValidationAPI
+
+
+class IndexedRoutes:
+    """A Starlette Router in front of which a dict finds the route of a concrete path.
+
+    Connexion routes every request through a Starlette Router that tries each of the spec's
+    routes in turn (a regex each: a quarter of the request path's time). A path no templated
+    route can match has exactly one candidate list, looked up here; the router still answers
+    everything else (templated paths, wrong methods, unknown paths), so the outcome is the same.
+    """
+
+    def __init__(self, router: Router) -> None:
+        self.router = router
+        templated = [r for r in router.routes if isinstance(r, Route) and r.param_convertors]
+        self.index: dict[str, list[Route]] = {}
+        for route in router.routes:
+            if isinstance(route, Route) and not route.param_convertors:
+                if not any(t.path_regex.match(route.path) for t in templated):
+                    self.index.setdefault(route.path, []).append(route)
+
+    @property
+    def default(self) -> t.Any:
+        return self.router.default
+
+    @default.setter
+    def default(self, app: t.Any) -> None:  # Connexion chains APIs of one base path through it
+        self.router.default = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            for route in self.index.get(get_route_path(scope), ()):
+                match, child_scope = route.matches(scope)
+                if match is Match.FULL:
+                    scope.setdefault("router", self.router)
+                    scope["route"] = route
+                    scope.update(child_scope)
+                    await route.handle(scope, receive, send)
+                    return
+        await self.router(scope, receive, send)
+
+
+class IndexedRoutingMiddleware(RoutingMiddleware):
+    """Connexion's routing middleware, with its API's routes indexed (IndexedRoutes)."""
+
+    def add_api(self, *args: t.Any, **kwargs: t.Any) -> None:
+        super().add_api(*args, **kwargs)
+        for mount in self.router.routes:
+            if isinstance(mount, Mount) and isinstance(mount.app, Router):
+                mount.app = IndexedRoutes(mount.app)
 
 
 def install(middleware_app: AsyncASGIApp) -> None:
