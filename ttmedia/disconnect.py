@@ -16,6 +16,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 #: The status recorded (never sent) for a request whose client disconnected first (nginx's code).
 CLIENT_CLOSED = 499
+#: Seconds a request runs before a watcher looks for its client leaving.
+WATCH_AFTER_S = 0.02
 
 
 async def run_until_disconnect(app: ASGIApp, scope: Scope, receive: Receive, send: Send) -> bool:
@@ -43,10 +45,13 @@ async def run_until_disconnect(app: ASGIApp, scope: Scope, receive: Receive, sen
         await send(message)
 
     # The app runs in this task (a task of its own per request costs more than the watcher);
-    # the watcher cancels this task, and the cancellation is taken back here.
+    # the watcher cancels this task, and the cancellation is taken back here. The watcher
+    # itself starts only for a request still running after WATCH_AFTER_S: most answer sooner,
+    # and a disconnect that came meanwhile waits for it in the receive channel.
     task = asyncio.current_task()
     assert task is not None
     cancelled_by_watcher = False
+    watcher: asyncio.Future[None] | None = None
 
     async def watch() -> None:
         nonlocal cancelled_by_watcher
@@ -58,7 +63,11 @@ async def run_until_disconnect(app: ASGIApp, scope: Scope, receive: Receive, sen
                 cancelled_by_watcher = True
                 task.cancel()
 
-    watcher = asyncio.ensure_future(watch())
+    def start_watching() -> None:
+        nonlocal watcher
+        watcher = asyncio.ensure_future(watch())
+
+    timer = asyncio.get_running_loop().call_later(WATCH_AFTER_S, start_watching)
     try:
         await app(scope, guarded_receive, tracking_send)
         return True
@@ -69,6 +78,8 @@ async def run_until_disconnect(app: ASGIApp, scope: Scope, receive: Receive, sen
             return False
         raise
     finally:
-        watcher.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await watcher
+        timer.cancel()
+        if watcher is not None:
+            watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watcher

@@ -132,6 +132,10 @@ class PreparedAsyncApi(AsyncApi):
         )
 
 
+#: Content-Type header values seen → (mime type, encoding): clients send a handful of them.
+_CONTENT_TYPES: dict[str, tuple[str, str]] = {}
+
+
 class PreparedRequestValidationOperation(RequestValidationOperation):
     """Request validation as Connexion's, with what depends only on the operation (and on the
     request's content type) made once."""
@@ -189,6 +193,20 @@ class PreparedRequestValidationOperation(RequestValidationOperation):
         if validator_cls is None:
             return None
         return made if reusable else validator_cls(**made)
+
+    def extract_content_type(self, headers: list[tuple[bytes, bytes]]) -> tuple[str, str]:
+        """Connexion's, without its per-call typing expressions (a tenth of this layer's time)."""
+        content_type = next((value.decode("latin-1") for key, value in headers if key.lower() == b"content-type"),
+                            None)
+        found = _CONTENT_TYPES.get(content_type)  # type: ignore[arg-type]
+        if found is None:
+            mime_type, encoding = utils.split_content_type(content_type)
+            if mime_type is None:  # no Content-Type: the operation's default
+                mime_type = self._operation.consumes[0] if self._operation.consumes else "application/octet-stream"
+            found = (mime_type, encoding or "utf-8")
+            if content_type is not None and len(_CONTENT_TYPES) < 256:
+                _CONTENT_TYPES[content_type] = found
+        return found
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         self._parameter_validator().validate(scope)
