@@ -70,7 +70,10 @@ def check_runners(models: list[ServedModel]) -> None:
     for model in models:
         name = model.info.runner
         if name not in targets:
-            targets[name] = registry.BUILTIN.get(name) or registry.available().get(name, "")
+            # A resolved target if the model has one, an import target given as the name itself,
+            # else the registry's entry for the name.
+            targets[name] = (getattr(model, "runner_target", "") or (name if ":" in name else "")
+                             or registry.BUILTIN.get(name) or registry.available().get(name, ""))
     for name, target in targets.items():
         module = target.partition(":")[0]
         try:
