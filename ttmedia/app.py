@@ -231,7 +231,7 @@ def create_app(settings: Settings | None = None) -> AsyncApp:
             startup.PROCESS.owned = True
             if server.uds is None and server.fd is None:
                 check_bind_allowed(server.host, settings)
-            startup.check_data_dir(settings.data_dir)  # before any worker starts
+            startup.check_data_dir(settings)  # before any worker starts
         app = _build(settings, server)
     except SettingsError as exc:
         _exit(exc.lines, startup.EXIT_CONFIG)

@@ -68,7 +68,7 @@ def _serve(args: argparse.Namespace) -> int:
         except ValueError as exc:  # SIM_FAULTS
             return fail([f"configuration error: {exc}"], EXIT_CONFIG)
         try:
-            check_data_dir(settings.data_dir)
+            check_data_dir(settings)
             check_runners(models)
         except StartupFailed as exc:
             return fail([str(exc)], EXIT_STARTUP)

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from ttmedia.scheduler.devices import ServedModel
+    from ttmedia.settings import Settings
 
 EXIT_CONFIG = 2
 EXIT_STARTUP = 3
@@ -87,18 +88,23 @@ def check_runners(models: list[ServedModel]) -> None:
                                     "install the package that provides it, or serve other MODELS")
 
 
-def check_data_dir(data_dir: str) -> None:
-    """Fail now, before any worker starts, if another server holds DATA_DIR (the job store's own
-    lock, taken and released; the app takes it again when it opens the store)."""
-    from ttmedia.jobs.store import JobStore, StoreLocked
+def check_data_dir(settings: Settings) -> None:
+    """Fail now, before any worker starts, if another server holds the SQLite job store's
+    directory (its lock, taken and released; the app takes it again when it opens the store).
+    A shared store (PostgreSQL) is meant to have other servers on it: nothing to check."""
+    from ttmedia.jobs.store import StoreLocked, open_store
+    from ttmedia.jobs.store_sqlite import SqliteJobStore
 
-    store = JobStore(data_dir)
     try:
-        store.open_if_exists()
+        store = open_store(settings.job_store_url, settings.data_dir, replica="startup-check")
+    except ValueError:
+        return  # a bad JOB_STORE_URL is the settings' error to report, not this check's
+    if not isinstance(store, SqliteJobStore):
+        return
+    try:
+        store.check_unlocked()
     except StoreLocked as exc:
         raise StartupFailed(describe(exc)) from None
-    finally:
-        store.close()
 
 
 def describe(exc: BaseException, doing: str = "") -> str:
