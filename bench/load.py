@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import re
 import shutil
 import statistics
@@ -32,6 +33,17 @@ class LoadResult:
 
 def have_wrk() -> bool:
     return shutil.which("wrk") is not None
+
+
+def ensure_wrk() -> None:
+    """Install wrk with the system's package manager when it is missing and we may (root with
+    apt-get, as in CI); otherwise the asyncio client stands in."""
+    if have_wrk() or not shutil.which("apt-get") or os.geteuid() != 0:
+        return
+    quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
+    if subprocess.run(["apt-get", "install", "-y", "-q", "wrk"], check=False, **quiet).returncode != 0:
+        subprocess.run(["apt-get", "update", "-q"], check=False, **quiet)
+        subprocess.run(["apt-get", "install", "-y", "-q", "wrk"], check=False, **quiet)
 
 
 _UNITS = {"us": 0.001, "ms": 1.0, "s": 1000.0}
@@ -70,6 +82,7 @@ class Connection:
         self.host, self.port = host, port
         self.reader: asyncio.StreamReader | None = None
         self.writer: asyncio.StreamWriter | None = None
+        self.last_body = b""  # the last answer's body, when it had a Content-Length
 
     async def open(self) -> None:
         self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
@@ -95,7 +108,7 @@ class Connection:
                 if on_chunk is not None:
                     on_chunk(data[:-2])  # type: ignore[operator]
         else:
-            await self.reader.readexactly(int(headers.get("content-length", "0")))
+            self.last_body = await self.reader.readexactly(int(headers.get("content-length", "0")))
         return status, headers
 
     def close(self) -> None:

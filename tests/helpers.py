@@ -58,7 +58,7 @@ class LiveServer:
         self.proc, self.url = proc, url
 
     def client(self, **kw: Any) -> httpx.Client:
-        return httpx.Client(base_url=self.url, timeout=30, **kw)
+        return httpx.Client(base_url=self.url, **{"timeout": 30, **kw})
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 30.0) -> int:
         """Signal the server's PID (as Kubernetes does), then SIGKILL its whole group if it lingers."""
@@ -75,19 +75,19 @@ class LiveServer:
 
 @contextlib.contextmanager
 def live_server(env: dict[str, str] | None = None, wait_ready: bool = True, timeout: float = 60.0,
-                cli: bool = False, log_path: str | None = None) -> Iterator[LiveServer]:
+                cli: bool = False, stderr: Any = None, args: tuple[str, ...] = ()) -> Iterator[LiveServer]:
     """uvicorn on 127.0.0.1 and a random free port, in its own process group; with `cli`, started
-    as operators do, by `ttmedia serve` (which also starts the workers before the app). With
-    `log_path`, the server's stderr (its log) goes to that file."""
+    as operators do, by `ttmedia serve` (which also starts the workers before the app). `stderr`:
+    where its log goes (a file, a pipe); the test's own stderr if None."""
     port = free_port()
     full_env = {**os.environ, "SIM_SPEED": "0", "SIM_WARMUP_SECONDS": "0", "LOG_LEVEL": "warning",
                 "DATA_DIR": tempfile.mkdtemp(prefix="ttmedia-data-"),
                 "MODELS": BASIC_MODELS, **(env or {})}
     command = ([sys.executable, "-m", "ttmedia", "serve"] if cli else
                [sys.executable, "-m", "uvicorn", "ttmedia.app:create_app", "--factory"])
-    log = open(log_path, "ab") if log_path else None  # noqa: SIM115 - closed with the server below
-    proc = subprocess.Popen([*command, "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"],
-                            env=full_env, start_new_session=True, stderr=log)
+    log_level = ["--log-level", full_env["LOG_LEVEL"].lower()]
+    proc = subprocess.Popen([*command, "--host", "127.0.0.1", "--port", str(port), *log_level, *args],
+                            env=full_env, start_new_session=True, stderr=stderr)
     server = LiveServer(proc, f"http://127.0.0.1:{port}")
     try:
         def up() -> bool:
@@ -100,5 +100,3 @@ def live_server(env: dict[str, str] | None = None, wait_ready: bool = True, time
         yield server
     finally:
         server.stop()
-        if log is not None:
-            log.close()

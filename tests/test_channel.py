@@ -71,3 +71,71 @@ def test_reads_every_message_a_worker_sends_then_reports_eof(loop_factory: Any) 
         assert [(m[1], len(m[2])) for m in received] == list(enumerate(sizes))
 
     run(loop_factory, main)
+
+
+@LOOPS
+def test_a_large_message_is_pickled_off_the_loop_and_keeps_its_place(loop_factory: Any,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    import numpy as np
+
+    from ttmedia.scheduler import channel as channel_module
+
+    ours, worker = multiprocessing.Pipe(duplex=True)
+    pickled_on: list[str] = []
+    real = channel_module.frame_pieces
+
+    def recording(message: Any) -> list[Any]:
+        pickled_on.append(threading.current_thread().name)
+        return real(message)
+
+    monkeypatch.setattr(channel_module, "frame_pieces", recording)
+    pixels = np.arange(3 * 1024 * 1024, dtype=np.uint8).reshape(1024, 1024, 3)  # 3 MB, as an image edit's
+
+    async def main() -> None:
+        channel = Channel(ours, asyncio.get_running_loop(), lambda messages: None, lambda: None)
+        assert channel.send(("run", "before", b"small"))
+        assert channel.send(("run", "large", {"pixels": pixels}))
+        assert channel.send(("run", "after", b"small"))  # behind the large one, not ahead of it
+        received = await asyncio.to_thread(lambda: [worker.recv() for _ in range(3)])
+        assert [m[1] for m in received] == ["before", "large", "after"]
+        assert np.array_equal(received[1][2]["pixels"], pixels)
+        assert pickled_on == ["worker-writer"], pickled_on  # not the loop's thread
+        channel.close()
+
+    run(loop_factory, main)
+
+
+def test_a_pipe_error_is_logged_not_taken_for_a_quiet_end(caplog: pytest.LogCaptureFixture) -> None:
+    import os
+    import socket
+    import struct
+
+    ours, worker = multiprocessing.Pipe(duplex=True)
+    eof = threading.Event()
+
+    async def main() -> None:
+        channel = Channel(ours, asyncio.get_running_loop(), lambda messages: None, eof.set, name="worker 0 of test")
+        # The worker dies with our message unread: the next read fails with ECONNRESET.
+        channel.send(("run", 1, b"unread"))
+        await asyncio.sleep(0.05)
+        worker_sock = socket.socket(fileno=os.dup(worker.fileno()))
+        worker.close()
+        worker_sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # close with RST
+        worker_sock.close()
+        for _ in range(100):
+            if eof.is_set():
+                break
+            await asyncio.sleep(0.02)
+
+    import logging
+
+    logger = logging.getLogger("ttmedia.scheduler")  # ours may not propagate to pytest's root handler
+    logger.addHandler(caplog.handler)
+    try:
+        with caplog.at_level("INFO", logger="ttmedia.scheduler"):
+            run(asyncio.new_event_loop, main)
+    finally:
+        logger.removeHandler(caplog.handler)
+    assert eof.is_set()
+    assert any("worker 0 of test" in r.getMessage() and "ECONNRESET" in r.getMessage() for r in caplog.records), \
+        [r.getMessage() for r in caplog.records]

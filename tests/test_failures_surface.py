@@ -39,7 +39,7 @@ def test_a_mid_stream_failure_is_logged_and_counted(tmp_path: Path) -> None:
     log = tmp_path / "server.log"
     env = {"MODELS": f"gen=tests.runner_fixtures:StreamBreaksRunner~family=llm~log_dir={tmp_path}",
            "PYTHONPATH": str(ROOT), "LOG_FORMAT": "json"}
-    with live_server(env=env, log_path=str(log)) as server:
+    with open(log, "wb") as log_file, live_server(env=env, stderr=log_file) as server:
         with httpx.stream("POST", server.url + "/v1/completions", timeout=30,
                           json={"prompt": "go", "max_tokens": 10, "stream": True}) as r:
             assert r.status_code == 200

@@ -2,7 +2,7 @@
 TypeScript types (openapi-typescript) that a hand-written client type-checks against (tsc --strict).
 
 Nothing generated is committed: both are generated from openapi.yaml into a temporary directory.
-The Python generator comes from the `sdk` extra (./dev installs `.[test,sdk]`); the TypeScript
+The Python generator comes from the `sdk` extra (./dev installs `.[test,sdk,cpu]`); the TypeScript
 tools are pinned in contract/lint/package.json and installed by `contract/lint.sh --install-only`.
 """
 
@@ -34,7 +34,7 @@ WARNING_MARKERS = ("warning", "cannot parse", "unable to", "error", "will be omi
 
 def _generator() -> str:
     if importlib.util.find_spec("openapi_python_client") is None:
-        pytest.skip("openapi-python-client is not installed: install the `sdk` extra (./dev does: .[test,sdk])")
+        pytest.skip("openapi-python-client is not installed: install the `sdk` extra (./dev does: .[test,sdk,cpu])")
     exe = Path(sys.executable).with_name("openapi-python-client")
     return str(exe) if exe.exists() else (shutil.which("openapi-python-client") or "openapi-python-client")
 

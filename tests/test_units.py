@@ -128,3 +128,24 @@ def test_response_validation_is_compiled_and_still_strict() -> None:
     for bad in ({"a": "x"}, {}, {"a": 1, "b": "not a date"}):
         with pytest.raises(NonConformingResponseBody):
             validator._validate(bad)
+
+
+def test_models_entries_choose_runner_options_and_batch_limits() -> None:
+    models = served_models(Settings(models="x=sim-llm@(3)~family=llm~model_path=/m~threads=2~flag=true;"
+                                           "all-MiniLM-L6-v2=sim-embedding~max_batch_delay_ms=4;bge-m3"))
+    custom, minilm, bge = models
+    assert custom.family == "llm" and custom.runner_target == "ttmedia.runners.sim.llm:SimLLMRunner"
+    assert custom.info.options == {"model_path": "/m", "threads": 2, "flag": True} and custom.groups == ((3,),)
+    assert minilm.max_batch_size == 32 and minilm.max_batch_delay_ms == 4.0  # catalog size, entry's delay
+    assert bge.max_batch_size is None and bge.max_batch_delay_ms == 0.0
+    # The environment setting, when set, comes before the catalog's choice; the entry before both.
+    env = served_models(Settings(models="all-MiniLM-L6-v2=sim-embedding;bge-m3~max_batch_size=4", max_batch_size=2))
+    assert [m.max_batch_size for m in env] == [2, 4]
+    with pytest.raises(ConfigError, match="needs.*family|give its family"):
+        served_models(Settings(models="mystery=sim-llm"))
+    with pytest.raises(ConfigError, match="serves the llm family"):
+        served_models(Settings(models="bge-m3=sim-llm"))
+    with pytest.raises(ConfigError, match="no runner named 'nope'.*sim-llm"):
+        served_models(Settings(models="bge-m3=nope"))
+    with pytest.raises(ConfigError, match="max_batch_size must be"):
+        served_models(Settings(models="bge-m3~max_batch_size=0"))

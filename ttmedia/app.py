@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import gc
 import logging
+import sys
+import typing
 from collections.abc import AsyncIterator, Iterator
 from functools import lru_cache
 from importlib import resources
@@ -20,9 +23,13 @@ from connexion.exceptions import (
     ProblemException,
     UnsupportedMediaTypeProblem,
 )
+from connexion.datastructures import MediaTypeDict
 from connexion.lifecycle import ConnexionRequest, ConnexionResponse
 from connexion.middleware import ConnexionMiddleware, MiddlewarePosition
+from connexion.middleware.request_validation import RequestValidationMiddleware
+from connexion.middleware.routing import RoutingMiddleware
 from connexion.middleware.security import SecurityMiddleware
+from connexion.operations import OpenAPIOperation
 from connexion.options import SwaggerUIOptions
 from connexion.resolver import Resolver
 from connexion.spec import OpenAPISpecification
@@ -30,16 +37,21 @@ from starlette.exceptions import HTTPException
 from starlette.formparsers import MultiPartException
 from starlette.middleware.cors import CORSMiddleware
 
-from ttmedia import fastpath, problems
+from ttmedia import fastpath, httpguard, problems, startup
 from ttmedia.context import note
-from ttmedia.routing import AllowedMethods, ConcretePathsFirst
-from ttmedia.requestlog import RequestMiddleware, configure_logging
 from ttmedia.gate import EarlyGate, ReadinessGate, families_by_operation
 from ttmedia.jobs.org import OrganizationCheck, org_scoped_operations
 from ttmedia.legacy import DeprecationHeaders
+from ttmedia.logs import configure_logging, write_through
+from ttmedia.requestlog import RequestMiddleware
+from ttmedia.routing import AllowedMethods, ConcretePathsFirst
 from ttmedia.runtime import Runtime
-from ttmedia.served_spec import ServeSpecFile, parse_spec
-from ttmedia.settings import Settings, load_settings
+from ttmedia.scheduler.devices import ConfigError
+from ttmedia.scheduler.readiness import WorkerState
+from ttmedia.scheduler.worker import EARLY_LAUNCH
+from ttmedia.security import BindRefused, check_bind_allowed
+from ttmedia.served_spec import SWAGGER_UI_PREFIX, ServeSpecFile, parse_spec
+from ttmedia.settings import Settings, SettingsError, load_settings
 from ttmedia.validation import VALIDATOR_MAP
 
 log = logging.getLogger("ttmedia")
@@ -81,6 +93,47 @@ def compiled_spec_check() -> Iterator[None]:
 @lru_cache(maxsize=1)
 def _openapi_schema_validator() -> Any:
     return jsonschema_rs.validator_for(OpenAPISpecification.openapi_schema)
+
+
+#: On a requestBody with several content types: the one a request without Content-Type is taken as.
+DEFAULT_CONTENT_TYPE = "x-ttmedia-default-content-type"
+
+
+class DeclaredContentTypeOperation(OpenAPIOperation):
+    """An operation that accepts several content types declares its default in the spec.
+
+    Connexion takes the first one listed and warns that it guessed, on every request to such an
+    operation, even when the request names its type (4-9 times per request on the CNN and audio
+    routes). Declared, there is nothing to guess and nothing to warn about.
+    """
+
+    @property
+    def consumes(self) -> list[str]:
+        if self._consumes is None:
+            types = list(self.request_body.get("content", {}))
+            if len(types) > 1:
+                default = self.request_body.get(DEFAULT_CONTENT_TYPE)
+                if default not in types:
+                    raise InvalidSpecification(
+                        f"{self.method.upper()} {self.path} accepts {', '.join(types)}: its requestBody "
+                        f"must name the default one in {DEFAULT_CONTENT_TYPE}")
+                types.remove(default)
+                types.insert(0, default)
+            self._consumes = types
+        return self._consumes
+
+    def body_definition(self, content_type: str | None = None) -> dict[str, Any]:
+        # Asked 6 times per request by Connexion's layers; the answer depends on the type alone.
+        cache = self.__dict__.setdefault("_body_definitions", {})
+        found = cache.get(content_type)
+        if found is None:
+            if not self.request_body:
+                found = {}
+            else:
+                content = MediaTypeDict(self.request_body.get("content", {}))
+                found = self.with_definitions(content.get(content_type or self.consumes[0], {}))
+            cache[content_type] = found
+        return found  # type: ignore[no-any-return]
 
 
 class TagResolver(Resolver):
@@ -165,20 +218,95 @@ def _install_error_handlers(app: AsyncApp, spec: dict[str, Any]) -> None:
 # --- the app ------------------------------------------------------------------------------------
 
 def create_app(settings: Settings | None = None) -> AsyncApp:
-    """The ASGI app. `uvicorn ttmedia.app:create_app --factory` serves it with env settings."""
-    settings = settings or load_settings()
-    configure_logging(settings.log_level, settings.log_format)
-    # Connexion warns on every request to an operation that accepts JSON and multipart (audio,
-    # CNN uploads), even though it picks the request's own type: noise, not a problem.
-    logging.getLogger("connexion.operations.openapi3").setLevel(logging.ERROR)
+    """The ASGI app. `uvicorn ttmedia.app:create_app --factory` serves it with env settings.
+
+    As that factory, a start that cannot succeed ends the process with one line on stderr:
+    code 2 for bad settings or an open server on a public address, 3 for any other failure.
+    """
+    if settings is not None:
+        return _build(settings)
+    server = _calling_uvicorn_config()
+    try:
+        settings = load_settings()
+        if server is not None:
+            startup.PROCESS.owned = True
+            if server.uds is None and server.fd is None:
+                check_bind_allowed(server.host, settings)
+            startup.check_data_dir(settings)  # before any worker starts
+        app = _build(settings, server)
+    except SettingsError as exc:
+        _exit(exc.lines, startup.EXIT_CONFIG)
+    except (BindRefused, ConfigError) as exc:
+        _exit([str(exc)], startup.EXIT_CONFIG)
+    except startup.StartupFailed as exc:
+        _exit([str(exc)], startup.EXIT_STARTUP)
+    except Exception as exc:  # noqa: BLE001 - any failure: one line, not a traceback
+        _exit([startup.describe(exc, "cannot start")], startup.EXIT_STARTUP)
+    return app
+
+
+def _exit(lines: list[str], code: int) -> typing.NoReturn:
+    for line in lines:
+        print(f"ttmedia: {line}", file=sys.stderr)
+    startup.kill_children()
+    raise SystemExit(code)
+
+
+def _calling_uvicorn_config() -> Any:
+    """The uvicorn Config whose load() is calling this factory, if any: the one place the factory
+    can learn the address the server is about to bind, and tune the server it runs in."""
+    uvicorn = sys.modules.get("uvicorn")
+    if uvicorn is None:
+        return None
+    frame = sys._getframe(1)
+    while frame is not None:
+        candidate = frame.f_locals.get("self")
+        if isinstance(candidate, uvicorn.Config):
+            return candidate
+        frame = frame.f_back  # type: ignore[assignment]
+    return None
+
+
+def _tune_server(config: Any, settings: Settings) -> None:
+    """Apply the HTTP limits to the uvicorn server that serves the app (options the operator
+    left at uvicorn's defaults take ours)."""
+    guarded = httpguard.guarded(config.http_protocol_class)
+    if guarded is not None:
+        config.http_protocol_class = guarded
+    else:
+        log.warning("HTTP protocol %s has no header cap or header/body timeouts; use --http httptools or h11",
+                    getattr(config.http_protocol_class, "__name__", config.http_protocol_class))
+    if config.timeout_keep_alive == 5:
+        config.timeout_keep_alive = settings.keep_alive_timeout_seconds
+    if config.h11_max_incomplete_event_size is None:
+        config.h11_max_incomplete_event_size = settings.max_request_header_bytes
+
+
+def _build(settings: Settings, server: Any = None) -> AsyncApp:
+    configure_logging(settings.log_level, settings.log_format, server=server is not None)
+    httpguard.Limits.max_header_bytes = settings.max_request_header_bytes
+    httpguard.Limits.header_timeout_s = settings.request_header_timeout_seconds
+    httpguard.Limits.body_timeout_s = settings.request_body_timeout_seconds
+    if server is not None:
+        _tune_server(server, settings)
     runtime = Runtime(settings)
+    startup.check_runners(runtime.scheduler.models)
     runtime.metrics.attach(runtime.scheduler)
     spec = load_spec()
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: Any) -> AsyncIterator[dict[str, Any]]:
-        await runtime.scheduler.start()
-        await runtime.jobs.start()
+        try:
+            await runtime.scheduler.start()
+        except BaseException as exc:
+            await _abort_start(runtime, exc, "cannot start the worker processes")
+        # Processes launched early that no worker adopted (none, unless settings moved) are orphans.
+        EARLY_LAUNCH.kill_unadopted()
+        try:
+            await runtime.jobs.start()
+        except BaseException as exc:
+            await _abort_start(runtime, exc, f"cannot open the job store in DATA_DIR {settings.data_dir}")
+        runtime.loop_lag.start()
         # Everything allocated so far lives as long as the server: keep it out of the collector's
         # scans, and collect the young generation less often (fewer pauses in token streams).
         # `ttmedia serve` turns the collector off for the imports; it is back on from here.
@@ -188,10 +316,14 @@ def create_app(settings: Settings | None = None) -> AsyncApp:
         try:
             yield {"runtime": runtime}
         finally:
+            runtime.loop_lag.stop()
             # Jobs first: running jobs are re-queued and their streams closed, so the
             # scheduler's drain does not wait out a long video.
             await runtime.jobs.stop()
             await runtime.scheduler.stop()
+            if startup.PROCESS.owned:
+                startup.release_process()
+                write_through()
 
     middlewares = list(ConnexionMiddleware.default_middlewares)
     if not settings.auth_enabled:
@@ -201,7 +333,7 @@ def create_app(settings: Settings | None = None) -> AsyncApp:
         lifespan=lifespan,
         middlewares=middlewares,
         validator_map=VALIDATOR_MAP,
-        swagger_ui_options=SwaggerUIOptions(swagger_ui_path="/ui"),
+        swagger_ui_options=SwaggerUIOptions(swagger_ui_path=SWAGGER_UI_PREFIX),
     )
     fastpath.install(app._middleware_app)
     with compiled_spec_check():
@@ -211,6 +343,7 @@ def create_app(settings: Settings | None = None) -> AsyncApp:
             validate_responses=settings.validate_responses,
             name="ttmedia",
         )
+    app.middleware.apis[-1].specification.operation_cls = DeclaredContentTypeOperation
     # Before the gate: a request without an organisation is 401, even while warming.
     app.add_middleware(
         OrganizationCheck, position=MiddlewarePosition.BEFORE_VALIDATION,
@@ -232,7 +365,7 @@ def create_app(settings: Settings | None = None) -> AsyncApp:
     app.add_middleware(
         RequestMiddleware, position=MiddlewarePosition.BEFORE_EXCEPTION,
         metrics=runtime.metrics, max_body_bytes=settings.max_request_body_bytes,
-        early_gate=EarlyGate(spec, runtime),
+        early_gate=EarlyGate(spec, runtime), log_requests=settings.log_requests,
     )
     if settings.cors_allow_origins:
         app.add_middleware(
@@ -245,5 +378,36 @@ def create_app(settings: Settings | None = None) -> AsyncApp:
                             "Deprecation", "Sunset", "Link"],
         )
     _install_error_handlers(app, spec)
+    # Last: middleware positions are found by Connexion's own class.
+    stack = app.middleware.middlewares
+    stack[stack.index(RequestValidationMiddleware)] = fastpath.PreparedRequestValidationMiddleware
+    stack[stack.index(RoutingMiddleware)] = fastpath.IndexedRoutingMiddleware
     app.runtime = runtime  # type: ignore[attr-defined]  # for tests and the CLI
     return app
+
+
+async def _abort_start(runtime: Runtime, exc: BaseException, doing: str) -> typing.NoReturn:
+    """Start-up failed: say why in one line, stop every worker now (no drain: nothing was
+    served), and end the lifespan; the server then exits with uvicorn's start-up failure code."""
+    line = startup.describe(exc, doing)
+    log.error("cannot start: %s", line.removeprefix("cannot start: "))
+    runtime.loop_lag.stop()
+    workers = [w for pool in runtime.scheduler.pools.values() for w in pool.workers]
+    for worker in workers:  # stopped on purpose: their exits are not news
+        worker.expect_exit = True
+        worker.state = WorkerState.STOPPED
+        worker.kill()
+
+    def reap() -> None:
+        for worker in workers:
+            if worker.process is not None:
+                worker.process.join(5)
+        # A server process of its own: also what nothing adopted, and the forkserver. (A test
+        # that embeds the app may run other apps' workers in this process.)
+        if startup.PROCESS.owned:
+            startup.kill_children()
+
+    await asyncio.to_thread(reap)
+    with contextlib.suppress(Exception):
+        await runtime.jobs.stop()
+    raise startup.StartupReported(line) from None

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import atexit
 import json
+import os
 import sys
+from typing import Any
 
 
 DESCRIPTION = """\
@@ -17,9 +20,27 @@ API_KEY, ...): see the README's Configuration table.
 
 
 def _serve(args: argparse.Namespace) -> int:
-    # Start-up order matters (bench scenario 5): the forkserver begins importing the worker
-    # modules first, the worker processes start as soon as the models are known, and only then
-    # is the web stack imported, while the devices warm up.
+    """Start-up order matters (bench scenario 5). The listening socket first: a taken port is
+    the only thing said, before any process starts. Then the forkserver, which begins importing
+    the worker modules while the settings, models, DATA_DIR's lock and the runner modules are
+    checked (a failure there ends it again); the worker processes as soon as the models are
+    known; the web stack last, while the devices warm up."""
+    from ttmedia.listen import ListenError, listen, url_of
+    from ttmedia.startup import EXIT_CONFIG, EXIT_STARTUP, PROCESS, StartupFailed, describe, kill_children
+
+    PROCESS.owned = True
+
+    def fail(lines: list[str], code: int) -> int:
+        for line in lines:
+            print(f"ttmedia: {line}", file=sys.stderr)
+        return code
+
+    try:
+        sockets = listen(args.host, args.port)
+    except ListenError as exc:
+        return fail([str(exc)], EXIT_STARTUP)
+    port = sockets[0].getsockname()[1]
+
     import gc
 
     from ttmedia.scheduler.forkserver import start_forkserver
@@ -28,45 +49,100 @@ def _serve(args: argparse.Namespace) -> int:
     # Imports make few cycles and many objects: collecting during them is wasted start-up time
     # (60 ms). The app's lifespan freezes what was loaded and turns the collector back on.
     gc.disable()
-
-    from ttmedia.scheduler.devices import ConfigError, served_models
-    from ttmedia.scheduler.scheduler import launch_workers_early
-    from ttmedia.security import check_bind_allowed
-    from ttmedia.settings import load_settings
-
-    settings = load_settings()
-    check_bind_allowed(args.host, settings)
     try:
-        models = served_models(settings)
-    except ConfigError as exc:
-        print(f"ttmedia: configuration error: {exc}", file=sys.stderr)
-        return 2
-    launch_workers_early(settings, models)
+        from ttmedia.runners.faults import parse_faults
+        from ttmedia.scheduler.devices import ConfigError, served_models
+        from ttmedia.security import BindRefused, check_bind_allowed
+        from ttmedia.settings import SettingsError, load_settings
+        from ttmedia.startup import check_data_dir, check_runners
+
+        try:
+            settings = load_settings(**({"log_level": args.log_level} if args.log_level else {}))
+            check_bind_allowed(args.host, settings)
+            models = served_models(settings)
+            parse_faults(settings.sim_faults)
+        except SettingsError as exc:
+            return fail(exc.lines, EXIT_CONFIG)
+        except (BindRefused, ConfigError) as exc:
+            return fail([str(exc) if isinstance(exc, BindRefused) else f"configuration error: {exc}"], EXIT_CONFIG)
+        except ValueError as exc:  # SIM_FAULTS
+            return fail([f"configuration error: {exc}"], EXIT_CONFIG)
+        try:
+            check_data_dir(settings)
+            check_runners(models)
+        except StartupFailed as exc:
+            return fail([str(exc)], EXIT_STARTUP)
+
+        from ttmedia.scheduler.scheduler import launch_workers_early
+
+        launch_workers_early(settings, models)
+
+        from ttmedia.logs import configure_logging
+
+        configure_logging(settings.log_level, settings.log_format, server=True)
+        try:
+            server = _server(settings, args, models, url_of(args.host, port))
+        except Exception as exc:  # noqa: BLE001 - any failure to build the app: one line, not a traceback
+            return fail([describe(exc, "cannot start")], EXIT_STARTUP)
+        server.run(sockets=sockets)  # a failed lifespan exits with uvicorn's code 3 (SystemExit)
+        return 0 if server.started else EXIT_STARTUP
+    finally:
+        # A failed start, or a forced exit (a second Ctrl-C) that skipped the drain: workers
+        # ignore SIGTERM, so the interpreter would wait for them at exit for ever. The forkserver
+        # goes too.
+        kill_children()
+        for sock in sockets:
+            sock.close()
+
+
+def _server(settings: Any, args: argparse.Namespace, models: list[Any], url: str) -> Any:
+    """The uvicorn server for the app; the app is built here, with the settings read above."""
+    import contextlib
+    import logging
 
     import uvicorn
 
+    from ttmedia.app import create_app
+    from ttmedia.httpguard import GuardedHttpToolsProtocol
     from ttmedia.runtime import begin_drain
-    print(f"ttmedia: serving {', '.join(m.name for m in models)} on http://{args.host}:{args.port} "
-          f"(Swagger UI at /ui/, spec at /openapi.yaml)", file=sys.stderr)
+
+    app = create_app(settings)
     config = uvicorn.Config(
-        "ttmedia.app:create_app",
-        factory=True,
-        host=args.host,
-        port=args.port,
+        app,
         workers=1,  # the scheduler owns the devices: one server process per host
-        log_level=args.log_level or settings.log_level,
+        log_config=None,  # ours (ttmedia.logs); uvicorn's access log stays off
+        access_log=False,
+        log_level=settings.log_level,
+        http=GuardedHttpToolsProtocol,
+        timeout_keep_alive=settings.keep_alive_timeout_seconds,  # type: ignore[arg-type]
+        h11_max_incomplete_event_size=settings.max_request_header_bytes,
         timeout_graceful_shutdown=int(settings.drain_grace_seconds) + 5,
     )
+
     class DrainingServer(uvicorn.Server):
         """On SIGTERM/SIGINT, models answer 503 `draining` at once, while uvicorn lets in-flight
-        requests finish; the lifespan then stops the workers."""
+        requests finish; the lifespan then stops the workers. The process then exits with code 0,
+        instead of uvicorn raising the signal again (a KeyboardInterrupt traceback on Ctrl-C)."""
 
         def handle_exit(self, sig: int, frame: object) -> None:
             begin_drain()
             super().handle_exit(sig, frame)  # type: ignore[arg-type]
 
-    DrainingServer(config).run()
-    return 0
+        @contextlib.contextmanager
+        def capture_signals(self) -> Any:
+            with super().capture_signals():
+                try:
+                    yield
+                finally:
+                    self._captured_signals.clear()
+
+        async def startup(self, sockets: Any = None) -> None:
+            await super().startup(sockets)  # the lifespan first: a failed one exits here
+            logging.getLogger("ttmedia").info(
+                "serving %s on %s (Swagger UI at /ui/, spec at /openapi.yaml)",
+                ", ".join(m.name for m in models), url)
+
+    return DrainingServer(config)
 
 
 def _spec(args: argparse.Namespace) -> int:
@@ -109,7 +185,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return int(args.func(args))
+    if args.command != "serve":
+        return int(args.func(args))
+    try:
+        code = int(args.func(args))
+    except SystemExit as exc:  # uvicorn's own exit (a failed lifespan: 3)
+        code = exc.code if isinstance(exc.code, int) else 1
+    # The server is done and every child is gone: run the exit handlers (logs, multiprocessing's
+    # temp directory), then leave without tearing down the interpreter's modules one by one,
+    # which takes the better part of a second on a busy machine.
+    atexit._run_exitfuncs()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 if __name__ == "__main__":

@@ -2,8 +2,8 @@
 
 Starlette notices a disconnect only while it streams a response. A client that gives up on a
 slow image generation would otherwise leave its request queued, and later run, on a device.
-Here the request runs as a task; once its body has been read, a watcher waits for the
-`http.disconnect` message and cancels the task if no response has started. The cancellation
+Once the request's body has been read, a watcher task waits for the `http.disconnect` message
+and cancels the request's task if no response has started. The cancellation
 reaches the scheduler, which drops a queued request and tells a worker to stop a stream.
 """
 
@@ -16,6 +16,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 #: The status recorded (never sent) for a request whose client disconnected first (nginx's code).
 CLIENT_CLOSED = 499
+#: Seconds a request runs before a watcher looks for its client leaving.
+WATCH_AFTER_S = 0.02
 
 
 async def run_until_disconnect(app: ASGIApp, scope: Scope, receive: Receive, send: Send) -> bool:
@@ -42,25 +44,42 @@ async def run_until_disconnect(app: ASGIApp, scope: Scope, receive: Receive, sen
             response_started = True
         await send(message)
 
-    task = asyncio.ensure_future(app(scope, guarded_receive, tracking_send))
+    # The app runs in this task (a task of its own per request costs more than the watcher);
+    # the watcher cancels this task, and the cancellation is taken back here. The watcher
+    # itself starts only for a request still running after WATCH_AFTER_S: most answer sooner,
+    # and a disconnect that came meanwhile waits for it in the receive channel.
+    task = asyncio.current_task()
+    assert task is not None
+    cancelled_by_watcher = False
+    watcher: asyncio.Future[None] | None = None
 
     async def watch() -> None:
+        nonlocal cancelled_by_watcher
         await body_done.wait()
         message = await receive()
         if message["type"] == "http.disconnect":
             disconnected.set()
             if not response_started:
+                cancelled_by_watcher = True
                 task.cancel()
 
-    watcher = asyncio.ensure_future(watch())
+    def start_watching() -> None:
+        nonlocal watcher
+        watcher = asyncio.ensure_future(watch())
+
+    timer = asyncio.get_running_loop().call_later(WATCH_AFTER_S, start_watching)
     try:
-        await task
+        await app(scope, guarded_receive, tracking_send)
         return True
     except asyncio.CancelledError:
         if disconnected.is_set() and not response_started:
+            if cancelled_by_watcher:
+                task.uncancel()
             return False
         raise
     finally:
-        watcher.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await watcher
+        timer.cancel()
+        if watcher is not None:
+            watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watcher

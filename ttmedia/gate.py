@@ -7,6 +7,7 @@ being read. Operations opt in with `x-ttmedia-family` in the spec.
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from connexion.middleware.abstract import ROUTING_CONTEXT
@@ -15,7 +16,10 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from ttmedia import problems
 from ttmedia.routing import operation_of
 from ttmedia.runtime import Runtime
-from ttmedia.security import key_accepted
+from ttmedia.security import header_authorized
+
+#: scope["extensions"] key: the early gate found this family serving; the gate need not ask again.
+GATED = "ttmedia.gated"
 
 
 def families_by_operation(spec: dict[str, Any]) -> dict[str, str]:
@@ -37,7 +41,7 @@ class ReadinessGate:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
             family = self.families.get(operation_of(scope))
-            if family is not None:
+            if family is not None and scope.get("extensions", {}).get(GATED) != family:
                 self.runtime.scheduler.gate(family)
         await self.app(scope, receive, send)
 
@@ -52,8 +56,13 @@ class EarlyGate:
     ready model, goes through the full path.
     """
 
+    #: Seconds a computed answer is reused while no worker of the family changes state: only
+    #: its Retry-After estimate ages, and that is whole seconds.
+    REUSE_S = 0.25
+
     def __init__(self, spec: dict[str, Any], runtime: Runtime) -> None:
         self.runtime = runtime
+        self._answers: dict[str, tuple[Any, float, problems.Problem | None]] = {}
         self.routes: dict[tuple[str, str], tuple[str, bool, str]] = {}
         default_security = bool(spec.get("security"))
         for path, item in spec.get("paths", {}).items():
@@ -71,20 +80,36 @@ class EarlyGate:
         settings = self.runtime.settings
         if secured and settings.auth_enabled and not self._authorized(scope, settings.accepted_api_keys):
             return None  # the full path answers 401
+        answer = self._answer(family)
+        extensions = scope.setdefault("extensions", {})
+        if answer is None:
+            extensions[GATED] = family  # serving: the full path's gate need not ask again
+        elif isinstance(answer, problems.NotReady):
+            # Label the answer with its operation, as routing would have (metrics, logs).
+            extensions.setdefault(ROUTING_CONTEXT, {})["operation_id"] = operation_id
+            return answer
+        return None
+
+    def _answer(self, family: str) -> problems.Problem | None:
+        """The scheduler's gate for the family: None (serving) or the problem it raises. Reused
+        while the family's workers keep their states (they decide it), for at most REUSE_S."""
+        pools = [pl for pl in self.runtime.scheduler.pools.values() if pl.model.family == family]
+        states = tuple((pl.draining, tuple((w.state, w.restart_count) for w in pl.workers)) for pl in pools)
+        now = time.monotonic()
+        known = self._answers.get(family)
+        if known is not None and known[0] == states and now - known[1] < self.REUSE_S:
+            return known[2]
+        answer: problems.Problem | None = None
         try:
             self.runtime.scheduler.gate(family)
-        except problems.NotReady as not_ready:
-            # Label the answer with its operation, as routing would have (metrics, logs).
-            scope.setdefault("extensions", {}).setdefault(ROUTING_CONTEXT, {})["operation_id"] = operation_id
-            return not_ready
-        except problems.Problem:
-            return None
-        return None
+        except problems.Problem as problem:
+            answer = problem
+        self._answers[family] = (states, now, answer)
+        return answer
 
     @staticmethod
     def _authorized(scope: Scope, keys: tuple[str, ...]) -> bool:
         for name, value in scope.get("headers", ()):
             if name == b"authorization":
-                scheme, _, token = value.decode("latin-1").partition(" ")
-                return scheme.lower() == "bearer" and key_accepted(token.strip(), keys)
+                return header_authorized(value, keys)
         return False

@@ -14,6 +14,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from ttmedia.looplag import LAG_BUCKETS
 from ttmedia.scheduler.readiness import ModelState, WorkerState
 
 if TYPE_CHECKING:
@@ -48,6 +49,9 @@ class Metrics:
         self.warmup = Histogram(
             "ttmedia_worker_warmup_duration_seconds", "Worker warmup time, spawn to ready.",
             ["model"], buckets=(0.1, 0.5, 1, 2, 5, 10, 30, 60, 120, 300, 600, 1800), registry=self.registry)
+        self.loop_lag = Histogram(
+            "ttmedia_event_loop_lag_seconds", "How late the event loop ran a callback that was due (sampled).",
+            buckets=LAG_BUCKETS, registry=self.registry)
 
     def attach(self, scheduler: Scheduler) -> None:
         self.registry.register(SchedulerCollector(scheduler))

@@ -1,5 +1,5 @@
-"""Per-request plumbing outside Connexion's stack: X-Request-ID, the body-size cap, metrics, and one
-structured log line per request.
+"""Per-request plumbing outside Connexion's stack: X-Request-ID, the body-size cap, the trailing
+slash rule, metrics, and one structured log line per request (LOG_REQUESTS).
 
 It sits above Connexion's exception handling, so it sees every answer, problems included.
 Deeper code adds facts to the request's note (ttmedia.context): the model, the problem reason.
@@ -7,26 +7,38 @@ Deeper code adds facts to the request's note (ttmedia.context): the model, the p
 
 from __future__ import annotations
 
-import json
+import itertools
 import logging
+import os
 import re
-import sys
 import time
-import uuid
 from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ttmedia import problems
 from ttmedia.context import RequestNote, current_note
-from ttmedia.routing import operation_of
 from ttmedia.disconnect import CLIENT_CLOSED, run_until_disconnect
+from ttmedia.logs import request_line
 from ttmedia.metrics import Metrics
+from ttmedia.routing import operation_of
+from ttmedia.startup import quiet_lifespan_failure
+from ttmedia.validation import PARSED_FORM
 
 log = logging.getLogger("ttmedia.request")
 
 REQUEST_ID_HEADER = "x-request-id"
 _SAFE_ID = re.compile(r"^[A-Za-z0-9._:/+=-]{1,128}$")
+#: Generated request ids: unique, not secret. A random prefix per process and a counter cost a
+#: fraction of uuid4's system call per request.
+_ID_PREFIX = os.urandom(8).hex()
+_ID_COUNTER = itertools.count()
+
+#: Probes and scrapes: LOG_REQUESTS=probes leaves out those that succeed.
+PROBES = frozenset({"get_health", "get_livez", "get_liveness", "get_v2_live", "get_v2_ready", "get_v2_model_ready",
+                    "get_metrics"})
+#: Paths that end in "/" on purpose (Swagger UI's directory); any other is not a path of ours.
+SLASH_PATHS = ("/ui/",)
 
 
 def _problem_response(problem: problems.Problem, request_id: str) -> list[Message]:
@@ -38,25 +50,31 @@ def _problem_response(problem: problems.Problem, request_id: str) -> list[Messag
 
 
 class RequestMiddleware:
-    def __init__(self, app: ASGIApp, metrics: Metrics, max_body_bytes: int, early_gate: Any = None) -> None:
+    def __init__(self, app: ASGIApp, metrics: Metrics, max_body_bytes: int, early_gate: Any = None,
+                 log_requests: str = "all") -> None:
         self.app = app
         self.metrics = metrics
         self.max_body_bytes = max_body_bytes
         self.early_gate = early_gate  # gate.EarlyGate: 503s without the full stack
+        self.log_requests = log_requests
+        self._counters: dict[tuple[str, str, int], Any] = {}
+        self._latencies: dict[str, Any] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
+            if scope["type"] == "lifespan":
+                send = quiet_lifespan_failure(send)
             await self.app(scope, receive, send)
             return
         started = time.perf_counter()
         supplied = _header(scope, b"x-request-id")
-        request_id = supplied if supplied and _SAFE_ID.match(supplied) else uuid.uuid4().hex
+        request_id = supplied if supplied and _SAFE_ID.match(supplied) else f"{_ID_PREFIX}{next(_ID_COUNTER):016x}"
         info = RequestNote(request_id)
         token = current_note.set(info)
         # Connexion's routing records the operation in scope["extensions"] of a *shallow copy* of
         # the scope: without the dict already here (uvicorn sends none), that record never reaches
         # _record() and every request is counted as "unmatched".
-        scope.setdefault("extensions", {})
+        extensions = scope.setdefault("extensions", {})
         status = 500
 
         async def send_with_id(message: Message) -> None:
@@ -68,24 +86,33 @@ class RequestMiddleware:
             await send(message)
 
         try:
-            length = _header(scope, b"content-length")
-            if length and length.isdigit() and int(length) > self.max_body_bytes:
-                too_large = problems.PayloadTooLarge(f"The request body exceeds {self.max_body_bytes} bytes.")
-                info.reason = too_large.reason
-                for message in _problem_response(too_large, request_id):
-                    await send_with_id(message)
-                return
-            not_ready = self.early_gate.check(scope) if self.early_gate is not None else None
-            if not_ready is not None:
-                info.reason = not_ready.reason
-                for message in _problem_response(not_ready, request_id):
+            answer = self._early_answer(scope)
+            if answer is not None:
+                info.reason = answer.reason
+                for message in _problem_response(answer, request_id):
                     await send_with_id(message)
                 return
             if not await run_until_disconnect(self.app, scope, self._capped(receive), send_with_id):
                 status = CLIENT_CLOSED
         finally:
             current_note.reset(token)
+            form = extensions.get(PARSED_FORM)
+            if form is not None:
+                await form.close()  # spooled upload files go now, not when collected
             self._record(scope, info, status, time.perf_counter() - started)
+
+    def _early_answer(self, scope: Scope) -> problems.Problem | None:
+        """Answers that need neither routing nor the body: too large, no such path, not ready."""
+        length = _header(scope, b"content-length")
+        if length and length.isdigit() and int(length) > self.max_body_bytes:
+            return problems.PayloadTooLarge(f"The request body exceeds {self.max_body_bytes} bytes.")
+        path = scope["path"]
+        if path.endswith("/") and path != "/" and not path.startswith(SLASH_PATHS):
+            # Starlette would redirect to the path without the slash, on the Host header's say-so.
+            return problems.NotFound(f"No such path: {path} (paths of this API do not end in '/').")
+        if self.early_gate is not None:
+            return self.early_gate.check(scope)  # type: ignore[no-any-return]
+        return None
 
     def _capped(self, receive: Receive) -> Receive:
         """Count body bytes as they arrive: a chunked body has no Content-Length to check."""
@@ -106,17 +133,26 @@ class RequestMiddleware:
     def _record(self, scope: Scope, info: RequestNote, status: int, seconds: float) -> None:
         operation = operation_of(scope) or "unmatched"
         method = scope.get("method", "")
-        self.metrics.requests.labels(operation, method, str(status)).inc()
-        self.metrics.latency.labels(operation).observe(seconds)
+        key = (operation, method, status)
+        counter = self._counters.get(key)
+        if counter is None:
+            counter = self._counters[key] = self.metrics.requests.labels(operation, method, str(status))
+        counter.inc()
+        latency = self._latencies.get(operation)
+        if latency is None:
+            latency = self._latencies[operation] = self.metrics.latency.labels(operation)
+        latency.observe(seconds)
         if status == 503:
             self.metrics.not_ready.labels(info.reason or "unknown").inc()
-        if operation in ("get_metrics", "get_livez", "get_health") or not log.isEnabledFor(logging.INFO):
-            return  # probes and scrapes: counted, not logged, or they drown the log
-        log.info("request", extra={"fields": {
+        if not log.isEnabledFor(logging.INFO) or (
+                self.log_requests != "all" and status < 400
+                and (self.log_requests == "errors" or operation in PROBES)):
+            return
+        request_line(log, {
             "request_id": info.request_id, "method": method, "path": scope.get("path", ""),
             "operation": operation, "status": status, "duration_ms": round(seconds * 1000, 3),
             "model": info.model, "reason": info.reason,
-        }})
+        })
 
 
 def _header(scope: Scope, name: bytes) -> str | None:
@@ -124,39 +160,3 @@ def _header(scope: Scope, name: bytes) -> str | None:
         if key == name:
             return value.decode("latin-1")
     return None
-
-
-class JSONFormatter(logging.Formatter):
-    """One JSON object per line: what log shippers expect."""
-
-    def format(self, record: logging.LogRecord) -> str:
-        entry: dict[str, Any] = {
-            "ts": round(record.created, 3), "level": record.levelname.lower(), "logger": record.name,
-            "msg": record.getMessage(),
-        }
-        entry.update(getattr(record, "fields", {}))
-        if record.exc_info:
-            entry["exc"] = self.formatException(record.exc_info)
-        return json.dumps(entry, default=str)
-
-
-class TextFormatter(logging.Formatter):
-    """Human-readable lines for a terminal, with the same fields."""
-
-    def format(self, record: logging.LogRecord) -> str:
-        line = super().format(record)
-        fields = getattr(record, "fields", None)
-        if fields:
-            line += " " + " ".join(f"{k}={v}" for k, v in fields.items() if v is not None)
-        return line
-
-
-def configure_logging(level: str, fmt: str) -> None:
-    """LOG_FORMAT: json, text, or auto (text on a terminal, JSON otherwise)."""
-    use_json = fmt == "json" or (fmt == "auto" and not sys.stderr.isatty())
-    handler = logging.StreamHandler()
-    handler.setFormatter(JSONFormatter() if use_json else TextFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    root = logging.getLogger("ttmedia")
-    root.handlers[:] = [handler]
-    root.setLevel(level.upper())
-    root.propagate = False

@@ -5,9 +5,10 @@ from __future__ import annotations
 import weakref
 from dataclasses import dataclass, field
 
-from connexion import request
+from connexion.context import _scope
 
 from ttmedia.jobs.manager import JobManager
+from ttmedia.looplag import LoopLag
 from ttmedia.metrics import Metrics
 from ttmedia.scheduler.scheduler import Scheduler
 from ttmedia.settings import Settings
@@ -19,10 +20,12 @@ class Runtime:
     scheduler: Scheduler = field(init=False)
     metrics: Metrics = field(init=False)
     jobs: JobManager = field(init=False)
+    loop_lag: LoopLag = field(init=False)
 
     def __post_init__(self) -> None:
         self.scheduler = Scheduler(self.settings)
         self.metrics = Metrics()
+        self.loop_lag = LoopLag(self.metrics.loop_lag)
         self.jobs = JobManager(self.settings, self.scheduler)
         _ACTIVE.add(self)
 
@@ -37,5 +40,6 @@ def begin_drain() -> None:
 
 
 def current() -> Runtime:
-    """The runtime of the app serving the current request (lifespan state)."""
-    return request.state.runtime  # type: ignore[no-any-return]
+    """The runtime of the app serving the current request (lifespan state), read from the
+    request's scope: `connexion.request.state` builds two request objects on every access."""
+    return _scope.get()["state"]["runtime"]  # type: ignore[no-any-return]

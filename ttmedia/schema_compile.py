@@ -8,6 +8,7 @@ schemas are not quite JSON Schema, so they are converted first: `nullable: true`
 
 from __future__ import annotations
 
+import copy
 import typing as t
 
 import jsonschema_rs
@@ -64,6 +65,8 @@ def fill_defaults(schema: t.Any, instance: t.Any) -> None:
         if not isinstance(sub, dict):
             continue
         if name not in instance and "default" in sub:
-            instance[name] = sub["default"]
+            default = sub["default"]
+            # A copy of a list or object default: the handler owns its body and may change it.
+            instance[name] = copy.deepcopy(default) if isinstance(default, (dict, list)) else default
         if name in instance:
             fill_defaults(sub, instance[name])

@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from connexion.middleware.swagger_ui import SwaggerUIMiddleware
 
 log = logging.getLogger("ttmedia")
 
@@ -41,6 +42,8 @@ Scope = dict[str, Any]
 Schema = dict[str, Any]
 
 YAML_TYPE = b"application/yaml"
+#: Where Swagger UI is served (app.py: swagger_ui_path); nothing else is Swagger UI's.
+SWAGGER_UI_PREFIX = "/ui"
 JSON_TYPE = b"application/json"
 HTTP_METHODS = ("get", "put", "post", "delete", "patch")
 
@@ -487,7 +490,11 @@ class ServeSpecFile:
     async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
         path = scope.get("path", "") if scope["type"] == "http" else None
         if path not in ("/openapi.yaml", "/openapi.json") or scope.get("method") not in ("GET", "HEAD"):
-            await self.app(scope, receive, send)
+            if path is not None and not path.startswith(SWAGGER_UI_PREFIX) and isinstance(self.app, SwaggerUIMiddleware):
+                # Nothing for Swagger UI's router (its routes all live under /ui): pass it by.
+                await self.app.app(scope, receive, send)
+            else:
+                await self.app(scope, receive, send)
             return
         general = b"contract=general" in scope.get("query_string", b"") or self.runtime is None
         if general:

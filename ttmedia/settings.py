@@ -1,14 +1,30 @@
 """All configuration, read from the environment (upstream tt-media-server names where they exist).
 
 Every setting is documented in the README's Configuration table; keep the two in step.
+
+A bad value is refused at start-up, one line per setting: its name, the value given and what
+is accepted (`load_settings` raises SettingsError; the CLI and the app factory print its
+lines and exit with code 2).
 """
 
 from __future__ import annotations
 
+import types
+import typing
 from functools import cached_property
+from typing import Any, Literal
 
-from pydantic import Field, field_validator
+from annotated_types import Ge, Gt, Le, Lt
+from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from ttmedia.runners.catalog import DEVICE_SPEED
+
+LogLevel = Literal["critical", "error", "warning", "info", "debug"]
+LogFormat = Literal["auto", "json", "text"]
+#: all: every request, probes included; probes: all but probes and scrapes that succeeded;
+#: errors: only answers of 400 and above (and clients that left, 499).
+LogRequests = Literal["all", "probes", "errors"]
 
 
 class Settings(BaseSettings):
@@ -31,27 +47,27 @@ class Settings(BaseSettings):
 
     # --- scheduler ------------------------------------------------------------------------------
     max_batch_size: int = Field(default=1, ge=1, le=256)
-    max_batch_delay_ms: float = Field(default=0.0, ge=0)
-    max_queue_size: int = Field(default=5000, ge=1)
+    max_batch_delay_ms: float = Field(default=0.0, ge=0, le=60_000)
+    max_queue_size: int = Field(default=5000, ge=1, le=10_000_000)
     request_processing_timeout_seconds: float = Field(default=1000.0, gt=0)
     max_worker_restart_count: int = Field(default=5, ge=0)
     worker_restart_window_seconds: float = Field(default=600.0, gt=0)
     worker_restart_backoff_seconds: float = Field(default=1.0, ge=0)
     worker_restart_backoff_max_seconds: float = Field(default=30.0, ge=0)
-    worker_heartbeat_seconds: float = Field(default=1.0, gt=0)
+    worker_heartbeat_seconds: float = Field(default=1.0, gt=0, le=60)
     worker_heartbeat_timeout_seconds: float = Field(default=15.0, gt=0)
     warmup_timeout_seconds: float = Field(default=3600.0, gt=0,
                                           description="A warmup still running after this fails the worker's init.")
     canary_interval_seconds: float = Field(default=60.0, ge=0,
                                            description="Idle time before a runner's canary request runs; 0: never.")
-    retry_after_max_seconds: float = Field(default=60.0, ge=1,
+    retry_after_max_seconds: float = Field(default=60.0, ge=1, le=86_400,
                                            description="Cap of every Retry-After estimate.")
     drain_grace_seconds: float = Field(default=30.0, ge=0)
     reset_device_command: str = Field(default="", description="Run between stop and restart on a reset.")
 
     # --- simulation -----------------------------------------------------------------------------
     sim_warmup_seconds: float | None = Field(default=None, ge=0)
-    sim_speed: float = Field(default=1.0, ge=0)
+    sim_speed: float = Field(default=1.0, ge=0, le=1000)
     sim_faults: str = Field(default="")
 
     # --- HTTP -----------------------------------------------------------------------------------
@@ -60,9 +76,20 @@ class Settings(BaseSettings):
     no_auth: bool = Field(default=False)
     validate_responses: bool = Field(default=False)
     max_request_body_bytes: int = Field(default=64 * 1024 * 1024, ge=1024)
+    max_request_header_bytes: int = Field(default=64 * 1024, ge=1024, le=16 * 1024 * 1024,
+                                          description="Request line and headers; the connection is closed above.")
+    request_header_timeout_seconds: float = Field(default=10.0, gt=0, le=3600,
+                                                  description="Time to send the request line and headers.")
+    request_body_timeout_seconds: float = Field(default=30.0, gt=0, le=3600,
+                                                description="Longest pause while a request body is sent.")
+    keep_alive_timeout_seconds: float = Field(default=5.0, gt=0, le=3600,
+                                              description="Idle time of a kept-alive connection.")
     max_audio_size_bytes: int = Field(default=50 * 1024 * 1024, ge=1,
                                       description="Upstream: largest audio upload (decoded bytes); else 413.")
-    log_level: str = Field(default="info")
+    max_audio_seconds: float = Field(default=1800.0, gt=0, le=86_400,
+                                     description="Longest audio accepted, from its header, before decoding.")
+    log_level: LogLevel = Field(default="info")
+    log_requests: LogRequests = Field(default="all")
     media_url_allowed_domains: str = Field(
         default="", description="Hosts image URLs may be fetched from (comma-separated; *.example.com for its "
         "subdomains). Empty: image URLs are refused.")
@@ -98,14 +125,38 @@ class Settings(BaseSettings):
     sim_video_frames: int = Field(default=33, ge=1, le=241)
     sim_video_width: int = Field(default=256, ge=16, le=1920)
     sim_video_height: int = Field(default=144, ge=16, le=1080)
-    log_format: str = Field(default="auto", pattern="^(auto|json|text)$",
-                            description="json, text, or auto (text on a terminal, JSON otherwise).")
+    log_format: LogFormat = Field(default="auto",
+                                  description="json, text, or auto (text on a terminal, JSON otherwise).")
     cors_allow_origins: str = Field(default="", description="Comma-separated origins; CORS is off when empty.")
 
     @field_validator("sim_warmup_seconds", mode="before")
     @classmethod
     def _blank_is_none(cls, value: object) -> object:
         return None if value == "" else value
+
+    @field_validator("log_level", "log_format", "log_requests", "device", mode="before")
+    @classmethod
+    def _any_case(cls, value: object) -> object:
+        return value.strip().lower() if isinstance(value, str) else value
+
+    @field_validator("device")
+    @classmethod
+    def _known_device(cls, value: str) -> str:
+        if value not in DEVICE_SPEED:
+            raise ValueError(f"expected one of: {', '.join(DEVICE_SPEED)}")
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Settings:
+        if self.worker_heartbeat_timeout_seconds <= self.worker_heartbeat_seconds:
+            raise ValueError(
+                f"WORKER_HEARTBEAT_TIMEOUT_SECONDS={self.worker_heartbeat_timeout_seconds:g} is not accepted; "
+                f"expected more than WORKER_HEARTBEAT_SECONDS={self.worker_heartbeat_seconds:g}")
+        if self.worker_restart_backoff_max_seconds < self.worker_restart_backoff_seconds:
+            raise ValueError(
+                f"WORKER_RESTART_BACKOFF_MAX_SECONDS={self.worker_restart_backoff_max_seconds:g} is not accepted; "
+                f"expected at least WORKER_RESTART_BACKOFF_SECONDS={self.worker_restart_backoff_seconds:g}")
+        return self
 
     @cached_property
     def accepted_api_keys(self) -> tuple[str, ...]:
@@ -117,6 +168,60 @@ class Settings(BaseSettings):
         return bool(self.accepted_api_keys) and not self.no_auth
 
 
+class SettingsError(ValueError):
+    """Settings that cannot be used; `lines` has one line per bad setting."""
+
+    def __init__(self, lines: list[str]) -> None:
+        super().__init__("; ".join(lines))
+        self.lines = lines
+
+
 def load_settings(**overrides: object) -> Settings:
     """Settings from the environment, with explicit overrides (used by tests and the CLI)."""
-    return Settings(**overrides)  # type: ignore[arg-type]
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        raise SettingsError(describe_errors(exc)) from None
+
+
+def describe_errors(exc: ValidationError) -> list[str]:
+    """One line per error: the setting, the bad value, what is accepted."""
+    lines = []
+    for error in exc.errors(include_url=False):
+        if not error["loc"]:  # a rule across settings: its message names them
+            lines.append(str(error["msg"]).removeprefix("Value error, "))
+            continue
+        name = str(error["loc"][0])
+        value = error.get("input")
+        shown = repr(value if len(str(value)) <= 60 else str(value)[:57] + "...")
+        lines.append(f"{name.upper()}={shown} is not accepted; expected {_accepted(name, error)}")
+    return lines
+
+
+def _accepted(name: str, error: Any) -> str:
+    if error["type"] == "value_error":
+        return str(error["msg"]).removeprefix("Value error, ").removeprefix("expected ")
+    field = Settings.model_fields.get(name)
+    if field is None:
+        return str(error["msg"])
+    annotation = field.annotation
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        annotation = next(a for a in typing.get_args(annotation) if a is not type(None))
+    if typing.get_origin(annotation) is Literal:
+        return "one of: " + ", ".join(map(str, typing.get_args(annotation)))
+    if annotation is bool:
+        return "a boolean (1 or 0, true or false, yes or no)"
+    kind = {int: "an integer", float: "a number"}.get(annotation)  # type: ignore[call-overload]
+    if kind is None:
+        return str(error["msg"]).lower()
+    bounds = []
+    for rule in field.metadata:
+        if isinstance(rule, Ge):
+            bounds.append(f">= {rule.ge:g}")
+        elif isinstance(rule, Gt):
+            bounds.append(f"> {rule.gt:g}")
+        elif isinstance(rule, Le):
+            bounds.append(f"<= {rule.le:g}")
+        elif isinstance(rule, Lt):
+            bounds.append(f"< {rule.lt:g}")
+    return kind + (" " + " and ".join(bounds) if bounds else "")

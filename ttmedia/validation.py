@@ -4,10 +4,18 @@ Connexion answers every request problem with 400; our contract separates bytes t
 read (400 `malformed_body`) from readable requests that break the schema (422
 `invalid_request`). Defaults declared in the spec are filled in here, so the spec stays the one
 source of every default.
+
+Each body is read and parsed once. Connexion's validators re-serialise a JSON body for the
+handler (json.dumps), which parses it again (json.loads); here the parsed, validated body is
+handed over in the request's scope (PARSED_BODY, read by ttmedia.fastpath), and so is a parsed
+multipart form (PARSED_FORM). A body is read to its end whatever its framing: a chunked body
+has no Content-Length, which Connexion takes for no body at all.
 """
 
 from __future__ import annotations
 
+import asyncio
+import copy
 import json
 import re
 import typing as t
@@ -23,44 +31,102 @@ from connexion.validators import (
     TextResponseBodyValidator,
 )
 from connexion.validators.json import JSONRequestBodyValidator, JSONResponseBodyValidator
-from starlette.types import Scope
+from starlette.datastructures import FormData, Headers
+from starlette.formparsers import FormParser, MultiPartParser
+from starlette.types import Receive, Scope
 
 from ttmedia.problems import InvalidRequest, MalformedBody, NotFound
 from ttmedia.schema_compile import compile_validator, error_text, fill_defaults
 
+#: scope["extensions"] keys of the parsed body and of a parsed multipart form.
+PARSED_BODY = "ttmedia.body"
+PARSED_FORM = "ttmedia.form"
+
+#: Deepest nesting of arrays and objects a JSON body may have. Real requests (chat messages
+#: with content parts, tool schemas) stay far below; the schema validator's recursion does not.
+MAX_JSON_DEPTH = 64
 
 #: An integer literal orjson may not hold exactly (it turns integers beyond 64 bits into floats).
 _LONG_DIGITS = re.compile(rb"\d{19}")
 _compiled: dict[t.Any, t.Any] = {}
 
 
+def _compiled_for(schema: dict[str, t.Any]) -> t.Any:
+    # One compiled validator per schema, not one per request. The schema dicts are the spec's
+    # own and live as long as the app; the entry keeps a reference anyway, so an id can never be
+    # reused for another schema.
+    key = id(schema)
+    entry = _compiled.get(key)
+    if entry is None:
+        entry = _compiled[key] = (schema, compile_validator(schema))
+    return entry[1]
+
+
+class ClientLeft(asyncio.CancelledError):
+    """The client went away before its body was complete: nobody is left to answer (499)."""
+
+
+async def _read_body(receive: Receive) -> bytes:
+    chunks = []
+    more = True
+    while more:
+        message = await receive()
+        if message["type"] != "http.request":
+            raise ClientLeft("the client left before its request body was complete")
+        chunks.append(message.get("body", b""))
+        more = message.get("more_body", False)
+    return b"".join(chunks)
+
+
+def json_depth(value: t.Any, limit: int) -> int:
+    """Nesting depth of arrays and objects, counted up to just past `limit` (without recursion)."""
+    deepest = 0
+    stack = [(value, 1)]
+    while stack:
+        node, depth = stack.pop()
+        children = node.values() if isinstance(node, dict) else node
+        if depth > deepest:
+            deepest = depth
+            if deepest > limit:
+                break
+        stack.extend((child, depth + 1) for child in children if isinstance(child, (dict, list)))
+    return deepest
+
+
+def parse_json(raw: bytes) -> t.Any:
+    """UTF-8 JSON → value; 400 for bytes that are not JSON or nest too deep."""
+    try:
+        value = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise MalformedBody(f"The request body is not valid UTF-8 JSON: {exc}") from None
+    # Counting brackets is cheap and bounds the depth from above: most bodies need no walk.
+    if raw.count(b"[") + raw.count(b"{") > MAX_JSON_DEPTH and isinstance(value, (dict, list)):
+        if json_depth(value, MAX_JSON_DEPTH) > MAX_JSON_DEPTH:
+            raise MalformedBody(f"The request body nests arrays and objects more than {MAX_JSON_DEPTH} deep.")
+    if _LONG_DIGITS.search(raw):
+        # orjson accepted the document, so it is strict UTF-8 JSON; re-read it with the
+        # stdlib, which keeps big integers exact (a schema-valid integer must stay one).
+        value = json.loads(raw)
+    return value
+
+
 class JSONBodyValidator(JSONRequestBodyValidator):
-    MUTABLE_VALIDATION = True
+    STATELESS = True  # one instance may validate every request of its operation (ttmedia.fastpath)
 
     @property
     def _validator(self) -> t.Any:
-        # One compiled validator per schema, not one per request.
-        # The schema dicts are the spec's own and live as long as the app; the entry keeps a
-        # reference anyway, so an id can never be reused for another schema.
-        key = id(self._schema)
-        entry = _compiled.get(key)
-        if entry is None:
-            entry = _compiled[key] = (self._schema, compile_validator(self._schema))
-        return entry[1]
+        return _compiled_for(self._schema)
 
-    async def _parse(self, stream: t.AsyncGenerator[bytes, None], scope: Scope) -> t.Any:
-        raw = b"".join([chunk async for chunk in stream])
-        if not raw.strip():
-            return None
-        try:
-            value = orjson.loads(raw)
-        except orjson.JSONDecodeError as exc:
-            raise MalformedBody(f"The request body is not valid UTF-8 JSON: {exc}") from None
-        if _LONG_DIGITS.search(raw):
-            # orjson accepted the document, so it is strict UTF-8 JSON; re-read it with the
-            # stdlib, which keeps big integers exact (a schema-valid integer must stay one).
-            value = json.loads(raw)
-        return value
+    async def wrap_receive(self, receive: Receive, *, scope: Scope) -> tuple[Receive, Scope]:
+        raw = await _read_body(receive)
+        body = parse_json(raw) if raw.strip() else None
+        if body is None and raw.strip() == b"" and self._schema.get("default") is not None:
+            body = copy.deepcopy(self._schema["default"])
+        if not (body is None and self._nullable):
+            self._validate(body)
+        scope.setdefault("extensions", {})[PARSED_BODY] = body
+        # The bytes as they came, for anything below that reads the body itself.
+        return self._insert_messages(receive, messages=[{"type": "http.request", "body": raw}]), scope
 
     def _validate(self, body: t.Any) -> dict | None:
         if body is None:
@@ -71,6 +137,8 @@ class JSONBodyValidator(JSONRequestBodyValidator):
             self._validator.validate(body)
         except jsonschema_rs.ValidationError as exc:
             raise InvalidRequest(error_text(exc)) from None
+        except ValueError as exc:  # the validator's own limits (recursion), not the schema's verdict
+            raise MalformedBody(f"The request body cannot be validated: {exc}") from None
         fill_defaults(self._schema, body)
         return body
 
@@ -104,6 +172,87 @@ class CompiledJSONResponseBodyValidator(JSONResponseBodyValidator):
                 detail=f"Response body does not conform to specification. {error_text(exc)}") from None
 
 
+class _KeptForm:
+    """A form parser that remembers what it parsed."""
+
+    def __init__(self, parser: t.Any, keep: t.Callable[[FormData], None]) -> None:
+        self.parser, self.keep = parser, keep
+
+    async def parse(self) -> FormData:
+        form = await self.parser.parse()
+        self.keep(form)
+        return form
+
+
+class _WholeForm:
+    """A form validator that reads the whole body whatever its framing, validates it with the
+    compiled schema, and hands the parsed form on instead of the bytes to parse again."""
+
+    _schema: dict[str, t.Any]
+    _strict_validation: bool
+    _base_parser: t.Any
+    _form: FormData | None = None
+
+    @property
+    def _form_parser_cls(self) -> t.Any:
+        def make(headers: Headers, stream: t.Any) -> _KeptForm:
+            return _KeptForm(self._base_parser(headers, stream), self._keep)
+
+        return make
+
+    def _keep(self, form: FormData) -> None:
+        self._form = form
+
+    _required: bool
+
+    async def wrap_receive(self, receive: Receive, *, scope: Scope) -> tuple[Receive, Scope]:
+        first = await receive()
+        if first["type"] != "http.request":
+            raise ClientLeft("the client left before its request body was complete")
+        if not first.get("body") and not first.get("more_body", False):  # no body at all
+            if self._required:
+                raise InvalidRequest("A request body is required.")
+            return receive, scope
+        if "content-type" not in Headers(scope=scope):
+            # The operation's default type was assumed, but a form needs its Content-Type (boundary).
+            raise MalformedBody("A form body needs a Content-Type header (with its boundary, for multipart).")
+
+        async def stream() -> t.AsyncGenerator[bytes, None]:
+            yield first.get("body", b"")
+            more = first.get("more_body", False)
+            while more:
+                message = await receive()
+                if message["type"] != "http.request":
+                    raise ClientLeft("the client left before its request body was complete")
+                more = message.get("more_body", False)
+                yield message.get("body", b"")
+            yield b""
+
+        body = await self._parse(stream(), scope=scope)  # type: ignore[attr-defined]
+        if self._form is not None:
+            scope.setdefault("extensions", {})[PARSED_FORM] = self._form
+        self._validate(body)
+        return receive, scope
+
+    def _validate(self, body: t.Any) -> None:
+        if not isinstance(body, dict):
+            raise InvalidRequest("The form could not be read as fields.")
+        if self._strict_validation:
+            self._validate_params_strictly(body)  # type: ignore[attr-defined]
+        try:
+            _compiled_for(self._schema).validate(body)
+        except jsonschema_rs.ValidationError as exc:
+            raise InvalidRequest(error_text(exc)) from None
+
+
+class FormBodyValidator(_WholeForm, FormDataValidator):
+    _base_parser = FormParser
+
+
+class MultiPartBodyValidator(_WholeForm, MultiPartFormDataValidator):
+    _base_parser = MultiPartParser
+
+
 class NDJSONResponseBodyValidator(CompiledJSONResponseBodyValidator):
     """Each line of an application/x-ndjson body against the (per-line) schema.
 
@@ -121,6 +270,19 @@ class NDJSONResponseBodyValidator(CompiledJSONResponseBodyValidator):
             super()._validate(line)
 
 
+class _MemoMediaTypeDict(MediaTypeDict):
+    """A MediaTypeDict that remembers its answers: Connexion looks up the validator for the
+    request's content type on every request, by sorting the patterns and fnmatch-ing each."""
+
+    def __getitem__(self, item: str) -> t.Any:
+        memo: dict[str, t.Any] = self.__dict__.setdefault("_memo", {})
+        try:
+            return memo[item]
+        except KeyError:
+            value = memo[item] = super().__getitem__(item)
+            return value
+
+
 class PathParameterValidator(ParameterValidator):
     """A path names a resource; a malformed id names none, so it is 404 (upstream's answer), not
     a validation error. Query and header parameters are validated as Connexion does (422)."""
@@ -135,15 +297,15 @@ class PathParameterValidator(ParameterValidator):
 
 VALIDATOR_MAP = {
     "parameter": PathParameterValidator,
-    "body": MediaTypeDict(
+    "body": _MemoMediaTypeDict(
         {
             "*/*json": JSONBodyValidator,
-            "application/x-www-form-urlencoded": FormDataValidator,
-            "multipart/form-data": MultiPartFormDataValidator,
+            "application/x-www-form-urlencoded": FormBodyValidator,
+            "multipart/form-data": MultiPartBodyValidator,
         }
     ),
     # Order matters: the first matching pattern wins, and `*/*json` also matches x-ndjson.
-    "response": MediaTypeDict(
+    "response": _MemoMediaTypeDict(
         {
             "application/x-ndjson": NDJSONResponseBodyValidator,
             "*/*json": CompiledJSONResponseBodyValidator,
@@ -151,3 +313,4 @@ VALIDATOR_MAP = {
         }
     ),
 }
+

@@ -1,7 +1,9 @@
 """Reading media out of requests: multipart uploads or base64 JSON fields, with 413/415/422.
 
-Decoding runs in a thread (Pillow and ffmpeg block), and every media failure becomes the
-client's problem it is (422 undecodable, 415 unknown audio format), never a 500.
+Decoding runs off the event loop on a pool of MEDIA_DECODERS threads: Pillow and ffmpeg block,
+and a decoded image or clip can take a hundred times the memory of its upload, so at most that
+many are in memory at once, however many arrive. Every media failure becomes the client's
+problem it is (422 undecodable, 413 too long, 415 unknown audio format), never a 500.
 """
 
 from __future__ import annotations
@@ -9,15 +11,35 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
-from typing import TYPE_CHECKING, Any
+import functools
+import re
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from starlette.datastructures import UploadFile
 
 from ttmedia import problems
-from ttmedia.media.errors import EncoderUnavailable, MediaError, UnsupportedMediaFormat
+from ttmedia.media.errors import EncoderUnavailable, MediaError, MediaTooLong, UnsupportedMediaFormat
 
 if TYPE_CHECKING:
     import numpy as np  # numpy is imported where it is used: importing it costs 60 ms of server start-up.
+
+#: Media decodes in memory at once.
+MEDIA_DECODERS = 2
+_decoders = ThreadPoolExecutor(MEDIA_DECODERS, thread_name_prefix="media-decode")
+_OBJECT_REPR = re.compile(r"<[\w.]+ object at 0x[0-9a-fA-F]+>")
+
+T = TypeVar("T")
+
+
+async def _off_loop(work: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    return await asyncio.get_running_loop().run_in_executor(_decoders, functools.partial(work, *args, **kwargs))
+
+
+def _said(exc: BaseException) -> str:
+    """An error's text for a client: no Python object reprs (addresses) in it."""
+    return _OBJECT_REPR.sub("the data", str(exc))
 
 
 async def upload_bytes(body: dict[str, Any], file: UploadFile | None, field: str, limit: int) -> bytes:
@@ -64,41 +86,53 @@ async def image_bytes(value: str, field: str) -> bytes:
     return b64decode(payload, field)
 
 
-async def decode_image(data: bytes | str, field: str, size: int | None = None, mode: str = "RGB") -> np.ndarray:
-    """Bytes or base64 text → uint8 pixels (resized to size×size if given); 422 if undecodable."""
+async def decode_image(data: bytes | str, field: str, size: int | None = None, mode: str = "RGB",
+                       min_side: int | None = None) -> np.ndarray:
+    """Bytes or base64 text → uint8 pixels (resized to size×size if given); 422 if undecodable.
+
+    With `size` (or `min_side`, when the caller resizes itself) a large image is reduced while
+    it is decoded, so it never sits in memory at full size more than once."""
     def work() -> np.ndarray:
         import numpy as np
         from PIL import Image
 
         from ttmedia.media import images
 
-        img = images.decode_base64_image(data) if isinstance(data, str) else images.decode_image(data)
-        img = img.convert(mode)
+        needed = size or min_side
+        img = (images.decode_base64_image(data, min_side=needed) if isinstance(data, str)
+               else images.decode_image(data, min_side=needed))
+        if img.mode != mode:
+            img = img.convert(mode)
         if size:
             img = img.resize((size, size), Image.Resampling.BICUBIC)
         return np.asarray(img, dtype=np.uint8)
 
     try:
-        return await asyncio.to_thread(work)
+        return await _off_loop(work)
     except MediaError as exc:
-        raise problems.InvalidRequest(f"'{field}' is not a usable image: {exc}") from None
+        raise problems.InvalidRequest(f"'{field}' is not a usable image: {_said(exc)}") from None
 
 
 async def decode_audio(data: bytes, field: str = "file") -> np.ndarray:
-    """Audio bytes → mono float32 at 16 kHz. 415 for an unknown format, 422 if it will not decode."""
+    """Audio bytes → mono float32 at 16 kHz. 415 for an unknown format, 413 beyond
+    MAX_AUDIO_SECONDS (from the header, before decoding), 422 if it will not decode."""
     from ttmedia.media import audio
+    from ttmedia.runtime import current
 
     fmt = audio.sniff_audio_format(data)
     if fmt is None:
         raise problems.UnsupportedMediaType(
             f"'{field}' is not audio in a supported format (WAV, MP3, OGG, FLAC, WebM, M4A)."
         )
+    limit = current().settings.max_audio_seconds
     try:
-        samples, _rate = await asyncio.to_thread(audio.decode_audio, data)
+        samples, _rate = await _off_loop(audio.decode_audio, data, limit_seconds=limit)
+    except MediaTooLong as exc:
+        raise problems.PayloadTooLarge(f"'{field}': {exc} (MAX_AUDIO_SECONDS).") from None
     except EncoderUnavailable as exc:
-        raise problems.Internal(f"audio decoding is unavailable on this server: {exc}") from None
+        raise problems.Internal(f"audio decoding is unavailable on this server: {_said(exc)}") from None
     except UnsupportedMediaFormat as exc:
-        raise problems.UnsupportedMediaType(f"'{field}': {exc}") from None
+        raise problems.UnsupportedMediaType(f"'{field}': {_said(exc)}") from None
     except MediaError as exc:
-        raise problems.InvalidRequest(f"'{field}' could not be decoded as {fmt}: {exc}") from None
+        raise problems.InvalidRequest(f"'{field}' could not be decoded as {fmt}: {_said(exc)}") from None
     return samples

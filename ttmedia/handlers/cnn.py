@@ -55,9 +55,9 @@ async def search_image(body: dict[str, Any], file: UploadFile | None = None) -> 
     pool = runtime.scheduler.pool("cnn", body.get("model"))
     if file is not None:
         data: bytes | str = await upload_bytes(body, file, "file", runtime.settings.max_request_body_bytes)
-        pixels = await decode_image(data, "file")
+        pixels = await decode_image(data, "file", min_side=256)
     else:
-        pixels = await decode_image(await image_bytes(body["prompt"], "prompt"), "prompt")
+        pixels = await decode_image(await image_bytes(body["prompt"], "prompt"), "prompt", min_side=256)
 
     pixels = await asyncio.to_thread(_center_crop, pixels)
     top_k = body.get("top_k") or DEFAULT_TOP_K

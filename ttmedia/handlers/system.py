@@ -9,6 +9,7 @@ from starlette.responses import Response
 from ttmedia import problems
 from ttmedia.context import note
 from ttmedia.http import json_response
+from ttmedia.looplag import WINDOW_S
 from ttmedia.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from ttmedia.runtime import current
 from ttmedia.scheduler.devices import format_group
@@ -88,20 +89,27 @@ async def list_models() -> Response:
 
 # --- probes and metrics ----------------------------------------------------------------------
 
-def _check_live() -> float:
-    """Seconds of uptime; 503 if the scheduler's watchdog has stopped (the loop is stuck)."""
-    scheduler = current().scheduler
+def _check_live() -> tuple[float, float]:
+    """Seconds of uptime and the worst recent event-loop lag; 503 if the loop has been stuck
+    (a callback ran that late) or the scheduler's watchdog has stopped."""
+    runtime = current()
+    scheduler = runtime.scheduler
     now = time.monotonic()
-    stalled_for = now - scheduler.last_watch
     limit = max(10 * scheduler.settings.worker_heartbeat_seconds, 5.0)
+    lag = runtime.loop_lag.worst_recent()
+    if lag > limit:
+        raise problems.NotReady(f"The event loop was stuck for {lag:.1f} s in the last {WINDOW_S:.0f} s.",
+                                reason="no_workers", retry_after=limit)
+    stalled_for = now - scheduler.last_watch
     if scheduler.watching and stalled_for > limit:
         raise problems.NotReady(f"The scheduler watchdog has not run for {stalled_for:.0f} s.",
                                 reason="no_workers", retry_after=limit)
-    return now - scheduler.started_at
+    return now - scheduler.started_at, lag
 
 
 async def get_livez() -> Response:
-    return json_response({"live": True, "uptime_seconds": round(_check_live(), 3)})
+    uptime, lag = _check_live()
+    return json_response({"live": True, "uptime_seconds": round(uptime, 3), "event_loop_lag_seconds": round(lag, 4)})
 
 
 async def get_v2_live() -> Response:

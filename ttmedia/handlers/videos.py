@@ -10,6 +10,7 @@ from starlette.datastructures import UploadFile
 from starlette.responses import Response
 
 from ttmedia import problems
+from ttmedia.context import note
 from ttmedia.handlers._jobs import (
     file_response,
     get_or_404,
@@ -44,6 +45,7 @@ def _pool(model: str | None, mode: str) -> ModelPool:
         raise problems.InvalidRequest(
             f"{pool.name} is a text-to-video model and cannot take images; use POST /v1/videos/generations.")
     pool.check_ready()  # the gate checked the family; this checks the model chosen
+    note(model=pool.name)  # the request log names the model chosen, as scheduler.pool() does
     return pool
 
 

@@ -144,13 +144,7 @@ class SqliteJobStore(JobStore):
     def _open(self) -> sqlite3.Connection:
         if self._conn is not None:
             return self._conn
-        self.data_dir.mkdir(parents=True, exist_ok=True)
-        lock_file = open(self.data_dir / ".lock", "ab")  # noqa: SIM115 - held while open
-        try:
-            fcntl.flock(lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            lock_file.close()
-            raise StoreLocked(f"another ttmedia server is using DATA_DIR {self.data_dir}") from None
+        lock_file = self._take_lock()
         try:
             conn = sqlite3.connect(self.db_path, isolation_level=None)
             conn.row_factory = sqlite3.Row
@@ -163,6 +157,22 @@ class SqliteJobStore(JobStore):
             raise
         self._conn, self._lock_file = conn, lock_file
         return conn
+
+    def _take_lock(self) -> IO[bytes]:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        lock_file = open(self.data_dir / ".lock", "ab")  # noqa: SIM115 - held while open
+        try:
+            fcntl.flock(lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            lock_file.close()
+            raise StoreLocked(f"another ttmedia server is using DATA_DIR {self.data_dir}") from None
+        return lock_file
+
+    def check_unlocked(self) -> None:
+        """Raise StoreLocked now if another server holds the directory (taken and released at
+        once; start-up calls it before any worker starts, off any event loop)."""
+        if self._lock_file is None:
+            self._take_lock().close()
 
     async def close(self) -> None:
         if self._executor is None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import io
+import math
 import os
 import re
 import subprocess
@@ -20,6 +21,7 @@ import numpy as np
 from ttmedia.media.errors import (
     EncoderUnavailable,
     MediaError,
+    MediaTooLong,
     UndecodableMedia,
     UnsupportedMediaFormat,
 )
@@ -39,6 +41,9 @@ __all__ = [
 
 DEFAULT_SAMPLE_RATE = 16_000
 FFMPEG_TIMEOUT = 120.0
+#: Frames of a WAV converted and resampled at a time: working memory stays a few MB whatever
+#: the file's rate or length (a 1 Hz WAV resampled to 16 kHz in one piece once took 1.3 GB).
+WAV_CHUNK_FRAMES = 1 << 18
 
 _FFMPEG_CONTEXT = re.compile(r"^(?:\[[^\]]*@ 0x[0-9a-f]+\]\s*)+")
 _DECODING = "audio decoding"
@@ -175,40 +180,100 @@ def _codec_args(fmt: str) -> tuple[str, ...]:
 
 
 def decode_audio(
-    data: bytes, *, target_rate: int = DEFAULT_SAMPLE_RATE, max_seconds: float | None = None
+    data: bytes,
+    *,
+    target_rate: int = DEFAULT_SAMPLE_RATE,
+    max_seconds: float | None = None,
+    limit_seconds: float | None = None,
 ) -> tuple[np.ndarray, int]:
-    """Decode any supported audio to mono float32 at ``target_rate``."""
+    """Decode any supported audio to mono float32 at ``target_rate``.
+
+    ``max_seconds`` keeps only the start; ``limit_seconds`` refuses longer audio
+    (MediaTooLong): from a WAV header before anything is decoded, otherwise by
+    stopping ffmpeg just past the limit, so memory stays bounded either way.
+    """
     if not data:
         raise UndecodableMedia("empty audio data")
     fmt = sniff_audio_format(data)
-    decoded = _decode_wav(data, max_seconds) if fmt == "wav" else None
-    if decoded is not None:
-        samples, rate = decoded
-        samples = _resample(samples, rate, target_rate)
-    else:
-        samples = _decode_with_ffmpeg(data, fmt, target_rate, max_seconds)
+    samples = _decode_wav(data, target_rate, max_seconds, limit_seconds) if fmt == "wav" else None
+    if samples is None:
+        samples = _decode_with_ffmpeg(data, fmt, target_rate, max_seconds, limit_seconds)
     if samples.size == 0:
         raise UndecodableMedia("audio contains no samples")
     return samples, target_rate
 
 
-def _decode_wav(data: bytes, max_seconds: float | None) -> tuple[np.ndarray, int] | None:
-    """PCM WAV via the stdlib; None means "let ffmpeg try" (float/extensible WAV, ...)."""
+def _decode_wav(
+    data: bytes, target_rate: int, max_seconds: float | None, limit_seconds: float | None
+) -> np.ndarray | None:
+    """PCM WAV via the stdlib, in chunks; None means "let ffmpeg try" (float/extensible WAV, ...)."""
     try:
         with wave.open(io.BytesIO(data), "rb") as src:
             channels, width, rate = src.getnchannels(), src.getsampwidth(), src.getframerate()
-            frames = src.getnframes()
+            if width not in (1, 2, 3, 4) or channels < 1 or rate < 1:
+                return None
+            # The header's frame count, but never more than the bytes could hold.
+            frames = min(src.getnframes(), len(data) // (width * channels))
+            if limit_seconds is not None and frames / rate > limit_seconds:
+                raise MediaTooLong(frames / rate, limit_seconds)
             if max_seconds is not None:
                 frames = max(0, min(frames, int(max_seconds * rate)))
-            raw = src.readframes(frames)
+            resampler = _Resampler(rate, target_rate, frames)
+            left = frames
+            while left > 0:
+                raw = src.readframes(min(left, WAV_CHUNK_FRAMES))
+                usable = len(raw) - len(raw) % (width * channels)  # a truncated last frame is dropped
+                if usable == 0:
+                    break
+                left -= usable // (width * channels)
+                pcm = _pcm_to_float(raw[:usable], width)
+                resampler.feed(pcm.reshape(-1, channels).mean(axis=1, dtype=np.float32))
     except (wave.Error, EOFError, RuntimeError):
         # RuntimeError: the stdlib's chunk reader on a RIFF header with a junk chunk size.
         return None
-    if width not in (1, 2, 3, 4) or channels < 1 or rate < 1:
-        return None
-    usable = len(raw) - len(raw) % (width * channels)  # a truncated last frame is dropped
-    pcm = _pcm_to_float(raw[:usable], width)
-    return pcm.reshape(-1, channels).mean(axis=1, dtype=np.float32), rate
+    return resampler.finish()
+
+
+class _Resampler:
+    """Linear interpolation from src_rate to dst_rate, fed in pieces; the same output as one
+    np.interp over the whole signal, with working memory of one piece."""
+
+    def __init__(self, src_rate: int, dst_rate: int, frames: int) -> None:
+        self.same = src_rate == dst_rate
+        self.step = src_rate / dst_rate
+        self.out = np.empty(max(1, round(frames * dst_rate / src_rate)) if frames else 0, np.float32)
+        self.done = 0  # output samples written
+        self.fed = 0  # input samples seen
+        self.tail = np.empty(0, np.float32)  # the last input sample, for the next piece
+        self.base = 0  # input index of tail[0]
+
+    def feed(self, samples: np.ndarray) -> None:
+        if self.same:
+            end = min(self.done + samples.size, self.out.size)
+            self.out[self.done:end] = samples[: end - self.done]
+            self.done, self.fed = end, self.fed + samples.size
+            return
+        piece = np.concatenate([self.tail, samples]) if self.tail.size else samples
+        self.fed += samples.size
+        # Output k sits at input position k*step; it needs the samples on both sides of it.
+        last = self.base + piece.size - 1
+        end = min(self.out.size, math.ceil(last / self.step))
+        xp = np.arange(piece.size)
+        while self.done < end:  # in blocks: upsampling makes many outputs of one input piece
+            stop = min(end, self.done + WAV_CHUNK_FRAMES)
+            positions = np.arange(self.done, stop, dtype=np.float64) * self.step - self.base
+            self.out[self.done:stop] = np.interp(positions, xp, piece)
+            self.done = stop
+        self.tail, self.base = piece[-1:], last
+
+    def finish(self) -> np.ndarray:
+        if self.fed == 0:
+            return np.empty(0, np.float32)
+        count = self.fed if self.same else max(1, round(self.fed / self.step))
+        count = min(count, self.out.size)
+        if self.done < count:  # past the last input sample np.interp holds its value
+            self.out[self.done:count] = self.tail[-1] if self.tail.size else 0.0
+        return self.out[:count]
 
 
 def _pcm_to_float(raw: bytes, width: int) -> np.ndarray:
@@ -224,9 +289,12 @@ def _pcm_to_float(raw: bytes, width: int) -> np.ndarray:
 
 
 def _decode_with_ffmpeg(
-    data: bytes, fmt: str | None, rate: int, max_seconds: float | None
+    data: bytes, fmt: str | None, rate: int, max_seconds: float | None, limit_seconds: float | None
 ) -> np.ndarray:
-    limit = ["-t", f"{max_seconds:.3f}"] if max_seconds is not None else []
+    stop = max_seconds
+    if limit_seconds is not None and (stop is None or stop > limit_seconds):
+        stop = limit_seconds + 0.5  # decoding stops here: past it, the audio is too long
+    limit = ["-t", f"{stop:.3f}"] if stop is not None else []
     output = [*limit, "-vn", "-sn", "-dn", "-f", "f32le", "-ac", "1", "-ar", str(rate), "pipe:1"]
     if fmt == "m4a":
         # MP4 keeps its index (moov) wherever the writer put it, often at the end,
@@ -239,15 +307,10 @@ def _decode_with_ffmpeg(
     else:
         raw = run_ffmpeg(["-i", "pipe:0", *output], data, error=UndecodableMedia, what=_DECODING)
     usable = len(raw) - len(raw) % 4
-    return np.frombuffer(raw[:usable], "<f4").astype(np.float32)
-
-
-def _resample(samples: np.ndarray, src_rate: int, dst_rate: int) -> np.ndarray:
-    if src_rate == dst_rate or samples.size == 0:
-        return samples.astype(np.float32, copy=False)
-    count = max(1, round(samples.size * dst_rate / src_rate))
-    positions = np.arange(count, dtype=np.float64) * (src_rate / dst_rate)
-    return np.interp(positions, np.arange(samples.size), samples).astype(np.float32)
+    samples = np.frombuffer(raw, "<f4", count=usable // 4)
+    if limit_seconds is not None and samples.size > (limit_seconds + 0.1) * rate:
+        raise MediaTooLong(None, limit_seconds)
+    return samples
 
 
 def sniff_audio_format(data: bytes) -> str | None:

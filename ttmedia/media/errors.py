@@ -23,4 +23,13 @@ class EncoderUnavailable(MediaError):
     """The encoder needed for an output format is missing or failed."""
 
 
-__all__ = ["EncoderUnavailable", "MediaError", "UndecodableMedia", "UnsupportedMediaFormat"]
+class MediaTooLong(MediaError):
+    """Longer than the caller accepts; found out before (or while) decoding, never after."""
+
+    def __init__(self, seconds: float | None, limit: float) -> None:
+        length = f"{seconds:.1f} s long" if seconds is not None else "longer than that"
+        super().__init__(f"the audio is {length}; the limit is {limit:g} s")
+        self.seconds, self.limit = seconds, limit
+
+
+__all__ = ["EncoderUnavailable", "MediaError", "MediaTooLong", "UndecodableMedia", "UnsupportedMediaFormat"]

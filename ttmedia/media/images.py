@@ -27,6 +27,7 @@ __all__ = [
 _ENCODE_FORMATS = {"JPEG": "JPEG", "JPG": "JPEG", "PNG": "PNG"}
 _DATA_URI = re.compile(r"data:(?P<mime>[\w.+-]+/[\w.+-]+)?(?P<params>(?:;[^,;]*)*),", re.IGNORECASE)
 _MAX_MESSAGE = 160
+_OBJECT_REPR = re.compile(r"<[\w.]+ object at 0x[0-9a-fA-F]+>")
 _DEFAULT_TRANSFORM_STEPS = 30
 # Longest side of the canvas the smooth layers are drawn on before upscaling.
 _SMOOTH_CANVAS = 256
@@ -55,8 +56,14 @@ def encode_image(pixels: np.ndarray, fmt: str = "JPEG", quality: int = 85) -> by
     return buf.getvalue()
 
 
-def decode_image(data: bytes, *, max_pixels: int = 40_000_000) -> Image.Image:
-    """Decode image bytes into a fully loaded RGB image, or raise UndecodableMedia."""
+def decode_image(data: bytes, *, max_pixels: int = 40_000_000, min_side: int | None = None) -> Image.Image:
+    """Decode image bytes into a fully loaded RGB image, or raise UndecodableMedia.
+
+    With ``min_side`` the caller needs no more than that many pixels on the shorter side: a
+    JPEG is decoded at a reduced scale, and any other image is reduced by a whole factor right
+    after decoding, before the copies that conversions make (a 40-megapixel PNG then costs its
+    decoded size once, not four times).
+    """
     if not data:
         raise UndecodableMedia("empty image data")
     try:
@@ -67,8 +74,15 @@ def decode_image(data: bytes, *, max_pixels: int = 40_000_000) -> Image.Image:
                 raise UndecodableMedia(
                     f"image is {width}x{height}, more than the {max_pixels} pixel limit"
                 )
+            if min_side and img.format == "JPEG":
+                img.draft("RGB", _scaled_request(width, height, min_side))
             img.load()
-            return _to_rgb(ImageOps.exif_transpose(img))
+            loaded = img
+            if min_side:
+                factor = min(loaded.width, loaded.height) // min_side
+                if factor >= 2:
+                    loaded = loaded.reduce(factor)
+            return _to_rgb(ImageOps.exif_transpose(loaded))
     except UndecodableMedia:
         raise
     except Image.DecompressionBombError as exc:
@@ -77,7 +91,13 @@ def decode_image(data: bytes, *, max_pixels: int = 40_000_000) -> Image.Image:
         raise UndecodableMedia(f"not a decodable image: {_short(exc)}") from exc
 
 
-def decode_base64_image(text: str, *, max_pixels: int = 40_000_000) -> Image.Image:
+def _scaled_request(width: int, height: int, min_side: int) -> tuple[int, int]:
+    """The size to ask JPEG's draft mode for: the shorter side at least min_side."""
+    scale = min_side / max(min(width, height), 1)
+    return max(1, math.ceil(width * scale)), max(1, math.ceil(height * scale))
+
+
+def decode_base64_image(text: str, *, max_pixels: int = 40_000_000, min_side: int | None = None) -> Image.Image:
     """Decode plain base64 or a ``data:image/...;base64,`` URI into an RGB image."""
     if isinstance(text, bytes):
         text = text.decode("ascii", errors="replace")
@@ -89,7 +109,7 @@ def decode_base64_image(text: str, *, max_pixels: int = 40_000_000) -> Image.Ima
         raw = base64.b64decode(payload, validate=True)
     except (binascii.Error, ValueError) as exc:
         raise UndecodableMedia("image is not valid base64") from exc
-    return decode_image(raw, max_pixels=max_pixels)
+    return decode_image(raw, max_pixels=max_pixels, min_side=min_side)
 
 
 def _strip_data_uri(text: str) -> str:
@@ -114,7 +134,7 @@ def _to_rgb(img: Image.Image) -> Image.Image:
         return img.convert("RGB")
     # Plain convert("RGB") would expose whatever colour hides under transparent
     # pixels (often black); compositing on white matches how viewers show it.
-    rgba = img.convert("RGBA")
+    rgba = img if img.mode == "RGBA" else img.convert("RGBA")
     background = Image.new("RGB", rgba.size, (255, 255, 255))
     background.paste(rgba, mask=rgba.getchannel("A"))
     return background
@@ -130,7 +150,8 @@ def _to_8bit_gray(img: Image.Image) -> Image.Image:
 
 
 def _short(exc: BaseException) -> str:
-    message = str(exc) or type(exc).__name__
+    # Pillow names the file it was given: for bytes, "<_io.BytesIO object at 0x7fe6...>".
+    message = _OBJECT_REPR.sub("the data", str(exc)) or type(exc).__name__
     return message if len(message) <= _MAX_MESSAGE else message[: _MAX_MESSAGE - 3] + "..."
 
 

@@ -63,7 +63,7 @@ def load(name: str) -> type[Runner]:
         module = importlib.import_module(module_name)
     except ModuleNotFoundError as exc:
         if exc.name and module_name.startswith(exc.name):
-            raise UnknownRunner(f"runner {name!r}: no module {module_name!r}") from None
+            raise UnknownRunner(f"runner {name!r} cannot be imported: no module {module_name!r}") from None
         raise
     cls = getattr(module, attr, None)
     if not (isinstance(cls, type) and issubclass(cls, Runner)):

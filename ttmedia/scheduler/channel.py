@@ -5,11 +5,19 @@ while the pipe has room: no thread stands between a worker and the handler waiti
 result. Only when the pipe is full, because the worker is busy or stopped, do writes move to a
 writer thread, so the loop never blocks on a worker that does not read. The bytes on the pipe
 are multiprocessing.Connection's framing, which the worker reads with Connection.recv().
+
+A large message (decoded audio, pixels, uploads) is pickled and sent by the writer thread, not
+on the loop; messages after it wait behind it, in order. It is pickled into pieces that refer
+to its buffers (protocol 5 writes a big buffer straight to the file it pickles to), so even
+that thread copies nothing before the kernel does.
+Errors of the pipe itself are logged, not taken for a quiet end of the worker.
 """
 
 from __future__ import annotations
 
 import asyncio
+import errno
+import logging
 import os
 import pickle
 import queue
@@ -21,25 +29,76 @@ from collections.abc import Callable
 from multiprocessing.connection import Connection
 from typing import Any
 
+log = logging.getLogger("ttmedia.scheduler")
+
 _READ_SIZE = 1 << 18
 _SHORT, _LONG = struct.Struct("!i"), struct.Struct("!Q")
+#: A message holding a buffer this big is pickled into pieces and sent by the writer thread.
+LARGE = 1 << 16
+
+
+def _header(size: int) -> bytes:
+    return _SHORT.pack(-1) + _LONG.pack(size) if size > 0x7FFFFFFF else _SHORT.pack(size)
 
 
 def frame(message: Any) -> bytes:
     payload = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
-    if len(payload) > 0x7FFFFFFF:
-        return _SHORT.pack(-1) + _LONG.pack(len(payload)) + payload
-    return _SHORT.pack(len(payload)) + payload
+    return _header(len(payload)) + payload
+
+
+class _Large:
+    """A message for the writer thread to pickle."""
+
+    __slots__ = ("message",)
+
+    def __init__(self, message: Any) -> None:
+        self.message = message
+
+
+class _Pieces:
+    """A file for pickle.Pickler that keeps what it is given: the pickler hands a large buffer
+    over as it is (a PickleBuffer or the bytes object), without copying it."""
+
+    def __init__(self) -> None:
+        self.parts: list[Any] = []
+        self.size = 0
+
+    def write(self, data: Any) -> int:
+        size = memoryview(data).nbytes
+        self.parts.append(data)
+        self.size += size
+        return size
+
+
+def frame_pieces(message: Any) -> list[Any]:
+    """The frame of a message as buffers that share the message's own large buffers."""
+    pieces = _Pieces()
+    pickle.Pickler(pieces, protocol=pickle.HIGHEST_PROTOCOL).dump(message)
+    return [_header(pieces.size), *pieces.parts]
+
+
+def holds_large_buffer(value: Any, depth: int = 0) -> bool:
+    """Whether a message holds a buffer of LARGE bytes or more (a cheap look, a few levels deep)."""
+    if isinstance(value, (bytes, bytearray, str, memoryview)):
+        return len(value) >= LARGE
+    if isinstance(value, (tuple, list)):
+        items: Any = value
+    elif isinstance(value, dict):
+        items = value.values()
+    else:
+        return getattr(value, "nbytes", 0) >= LARGE  # numpy arrays
+    return depth < 6 and any(holds_large_buffer(item, depth + 1) for item in items)
 
 
 class Channel:
     def __init__(self, conn: Connection, loop: asyncio.AbstractEventLoop,
-                 on_messages: Callable[[list[Any]], None], on_eof: Callable[[], None]) -> None:
+                 on_messages: Callable[[list[Any]], None], on_eof: Callable[[], None], name: str = "a worker") -> None:
         # Our own descriptor for the socket, so closing the Connection object cannot pull it
         # away from under the loop.
         self.sock = socket.socket(fileno=os.dup(conn.fileno()))
         conn.close()
         self.loop = loop
+        self.name = name
         self._on_messages, self._on_eof = on_messages, on_eof
         self._buffer = bytearray()
         self._closed = False
@@ -48,7 +107,7 @@ class Channel:
         self._lock = threading.Lock()
         self._backlog = 0
         self._writer_done = False
-        self._writes: queue.SimpleQueue[bytes | None] = queue.SimpleQueue()
+        self._writes: queue.SimpleQueue[list[Any] | _Large | None] = queue.SimpleQueue()
         threading.Thread(target=self._write_backlog, name="worker-writer", daemon=True).start()
         loop.add_reader(self.sock.fileno(), self._readable)
 
@@ -59,7 +118,10 @@ class Channel:
             data = self.sock.recv(_READ_SIZE, socket.MSG_DONTWAIT)
         except (BlockingIOError, InterruptedError):
             return
-        except OSError:
+        except OSError as exc:
+            # ECONNRESET: the worker died with our messages unread (a crash, a kill); else a fault.
+            level = logging.INFO if exc.errno == errno.ECONNRESET else logging.WARNING
+            log.log(level, "reading the pipe of %s failed (%s); the worker is taken for gone", self.name, _why(exc))
             data = b""
         if not data:
             self.close()
@@ -90,6 +152,13 @@ class Channel:
 
     def send(self, message: Any) -> bool:
         """Write a message without blocking the loop. False if the channel is closed."""
+        if holds_large_buffer(message):
+            with self._lock:
+                if self._closed:
+                    return False
+                self._backlog += 1
+            self._writes.put(_Large(message))  # pickled by the writer thread
+            return True
         data = frame(message)
         with self._lock:
             if self._closed:
@@ -99,23 +168,31 @@ class Channel:
                     sent = self.sock.send(data, socket.MSG_DONTWAIT)
                 except (BlockingIOError, InterruptedError):
                     sent = 0
-                except OSError:
-                    return False  # the worker is gone; the reader reports its exit
+                except OSError as exc:
+                    self._log_write_error(exc)
+                    return False  # the reader reports the worker's exit
                 if sent == len(data):
                     return True
                 data = data[sent:]
             self._backlog += 1
-        self._writes.put(data)
+        self._writes.put([data])
         return True
 
     def _write_backlog(self) -> None:
         try:
-            while (data := self._writes.get()) is not None:
-                self._send_all(data)
+            while (pieces := self._writes.get()) is not None:
+                if isinstance(pieces, _Large):
+                    try:
+                        pieces = frame_pieces(pieces.message)
+                    except Exception:  # noqa: BLE001 - as a failed pickle on the loop would be: logged, dropped
+                        log.exception("a message for %s cannot be pickled; it is dropped", self.name)
+                        pieces = []
+                for piece in pieces:
+                    self._send_all(piece)
                 with self._lock:
                     self._backlog -= 1
-        except OSError:
-            pass  # the worker is gone; the reader reports its exit
+        except OSError as exc:
+            self._log_write_error(exc)  # the reader reports the worker's exit
         finally:
             with self._lock:
                 self._writer_done = True
@@ -123,10 +200,16 @@ class Channel:
             if closed:
                 self.sock.close()
 
-    def _send_all(self, data: bytes) -> None:
+    def _log_write_error(self, exc: OSError) -> None:
+        if self._closed:
+            return  # we closed it: a writer woken by the shutdown
+        level = logging.INFO if exc.errno in (errno.EPIPE, errno.ECONNRESET) else logging.WARNING
+        log.log(level, "a write to %s failed (%s)", self.name, _why(exc))
+
+    def _send_all(self, data: Any) -> None:
         """sendall for a descriptor the loop has made non-blocking (uvloop does, on add_reader):
         wait until the worker reads, however long that takes."""
-        view = memoryview(data)
+        view = data.raw() if isinstance(data, pickle.PickleBuffer) else memoryview(data).cast("B")
         while view:
             try:
                 view = view[self.sock.send(view):]
@@ -149,3 +232,8 @@ class Channel:
                 self.sock.shutdown(socket.SHUT_RDWR)  # wakes a writer waiting on a full pipe
             except OSError:
                 pass
+
+
+def _why(exc: OSError) -> str:
+    name = errno.errorcode.get(exc.errno or 0, "")
+    return f"{name}: {exc.strerror}" if name and exc.strerror else str(exc)

@@ -54,7 +54,7 @@ DEFAULT_MODELS: tuple[tuple[str, str | None], ...] = (
 UNKNOWN_WARMUP_S = 10.0
 
 #: Options the server reads; every other option is the runner's.
-SERVER_OPTIONS = ("family", "warmup", "max_batch_size")
+SERVER_OPTIONS = ("family", "warmup", "max_batch_size", "max_batch_delay_ms")
 
 _GROUP = re.compile(r"\(\s*(\d+(?:\s*,\s*\d+)*)\s*\)")
 
@@ -72,6 +72,7 @@ class ServedModel:
     runner_target: str = ""  # `module:Class` of the runner
     simulated: bool = False
     max_batch_size: int | None = None  # None: what the runner asks for
+    max_batch_delay_ms: float = 0.0  # how long a partial batch may wait for more requests
     missing: tuple[str, ...] = field(default=())  # Python packages the runner needs and cannot import
 
     @property
@@ -123,6 +124,9 @@ def _options(items: list[str], entry: str) -> dict[str, Any]:
         raise ConfigError(f"MODELS entry {entry!r}: warmup must be a number of seconds >= 0")
     if "max_batch_size" in out and (not isinstance(out["max_batch_size"], int) or out["max_batch_size"] < 1):
         raise ConfigError(f"MODELS entry {entry!r}: max_batch_size must be a whole number >= 1")
+    if "max_batch_delay_ms" in out and (not isinstance(out["max_batch_delay_ms"], int | float)
+                                        or out["max_batch_delay_ms"] < 0):
+        raise ConfigError(f"MODELS entry {entry!r}: max_batch_delay_ms must be a number of milliseconds >= 0")
     if "family" in out and out["family"] not in FAMILIES:
         raise ConfigError(f"MODELS entry {entry!r}: unknown family {out['family']!r}; "
                           f"known: {', '.join(FAMILIES)}")
@@ -224,7 +228,10 @@ def served_models(settings: Settings) -> list[ServedModel]:
                 raise ConfigError(f"device {sorted(clash)[0]} is assigned to more than one worker")
             used.update(group)
         pending.append((entry, info, target, simulated, missing, groups))
+    # Precedence for both batch limits: the MODELS entry, then the environment setting when it
+    # is set, then the catalog's choice for the model, then the runner's (or none).
     explicit_batch = settings.max_batch_size if "max_batch_size" in settings.model_fields_set else None
+    explicit_delay = settings.max_batch_delay_ms if "max_batch_delay_ms" in settings.model_fields_set else None
     next_free = 0
     for entry, info, target, simulated, missing, groups in pending:
         if not groups:
@@ -234,7 +241,9 @@ def served_models(settings: Settings) -> list[ServedModel]:
             used.add(next_free)
         display = settings.served_model_name if (settings.served_model_name and len(pending) == 1) else info.name
         batch = entry.options.get("max_batch_size") or explicit_batch or info.options.get("max_batch_size")
+        delay = next((d for d in (entry.options.get("max_batch_delay_ms"), explicit_delay,
+                                  info.options.get("max_batch_delay_ms")) if d is not None), 0.0)
         warmup = entry.options.get("warmup")
         models.append(ServedModel(display, info, tuple(groups), None if warmup is None else float(warmup),
-                                  target, simulated, int(batch) if batch else None, missing))
+                                  target, simulated, int(batch) if batch else None, float(delay), missing))
     return models

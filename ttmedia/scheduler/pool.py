@@ -351,8 +351,8 @@ class ModelPool:
         return sum(1 for t in itertools.islice(self.pending, size * 4) if fits(t)) >= size
 
     def _hold_for_batch(self) -> bool:
-        """Wait up to MAX_BATCH_DELAY_MS for a partial batch to fill, then send what there is."""
-        delay = self.settings.max_batch_delay_ms / 1000
+        """Wait up to the model's MAX_BATCH_DELAY_MS for a partial batch to fill, then send what there is."""
+        delay = self.model.max_batch_delay_ms / 1000
         if delay <= 0 or self._whole_call_waiting():
             return False
         left = self.pending[0].enqueued_at + delay - time.monotonic()

@@ -243,12 +243,12 @@ class Scheduler:
             # The device broke: reset it (RESET_DEVICE_COMMAND) before a fresh worker opens it.
             worker.state = WorkerState.RESTARTING
             pool.on_worker_lost(worker)
-            self._spawn_soon(asyncio.ensure_future(self._reset_then_restart(worker)))
+            self._in_background(asyncio.ensure_future(self._reset_then_restart(worker)))
             return
         self._schedule_restart(worker)
         pool.on_worker_lost(worker)
 
-    def _spawn_soon(self, task: asyncio.Task[None]) -> None:
+    def _in_background(self, task: asyncio.Task[None]) -> None:
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 

@@ -52,15 +52,18 @@ class EarlyLaunch:
     """Worker processes that `ttmedia serve` starts as soon as it knows its models, before the
     web stack is imported: devices warm up while the server loads (bench scenario 5). Each
     WorkerHandle adopts its process on first launch. A worker's messages wait in its pipe
-    until then."""
+    until then. Processes nothing adopts (a failed start-up) are killed by kill_unadopted."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._done = threading.Event()
         self._done.set()
         self._launched: list[tuple[WorkerSpec, Launched]] = []
+        self._closed = False
 
     def start(self, specs: list[WorkerSpec]) -> None:
+        with self._lock:
+            self._closed = False
         self._done.clear()
         threading.Thread(target=self._run, args=(specs,), name="early-worker-launch", daemon=True).start()
 
@@ -69,7 +72,14 @@ class EarlyLaunch:
             for spec in specs:
                 launched = start_process(spec)
                 with self._lock:
-                    self._launched.append((spec, launched))
+                    closed = self._closed
+                    if not closed:
+                        self._launched.append((spec, launched))
+                if closed:  # start-up was given up meanwhile
+                    _kill(launched)
+                    return
+        except Exception:  # noqa: BLE001 - the scheduler's own launch of that worker meets it and reports it
+            return
         finally:
             self._done.set()
 
@@ -82,6 +92,22 @@ class EarlyLaunch:
                     del self._launched[i]
                     return launched
         return None
+
+    def kill_unadopted(self) -> None:
+        """Kill every process launched early that no worker took, now and from now on: once the
+        scheduler has started, or start-up failed, nothing will take them."""
+        with self._lock:
+            self._closed = True
+            left, self._launched = self._launched, []
+        for _spec, launched in left:
+            _kill(launched)
+
+
+def _kill(launched: Launched) -> None:
+    launched.conn.close()
+    if launched.process.is_alive():
+        launched.process.kill()
+    launched.process.join(5)
 
 
 EARLY_LAUNCH = EarlyLaunch()

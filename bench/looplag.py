@@ -1,0 +1,223 @@
+"""Scenario 8: token streams while the server does everything else that could stall its loop.
+
+Eight token streams (64 tokens on a 1 ms step) run for the whole window while, at the same time:
+
+* 10 MB image edits upload (base64 JSON, one every 2 s);
+* a device reset runs a 2 s RESET_DEVICE_COMMAND (`/tt-reset-device` of the image model's
+  device: a deep reset restarts the LLM worker too, which ends the streams by design);
+* 10,000 video jobs are queued (the job dispatcher looks at the queue all the time);
+* a retention sweep deletes 1,000 finished jobs.
+
+The same eight streams on an idle server with the same models are the reference. The server's
+`ttmedia_event_loop_lag_seconds` histogram, scraped before and after the window, gives the
+loop lag. Goals: inter-token p99 within 1.3x idle, loop lag p99 under 5 ms.
+
+A first server (the idle reference) also times how long cancelling 1,000 jobs takes; on the
+measured server they are cancelled just before the window, with a retention just longer than
+that, so they expire together and the next sweep (every second) deletes them inside the window.
+The table says when the sweep was seen.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import io
+import json
+import math
+import re
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from bench import load as L
+from bench.servers import ttmedia_server
+
+MODELS = "Qwen3-8B@(0);stable-diffusion-xl-base-1.0@(1);Wan2.2-T2V-A14B-Diffusers@(2)"
+IMAGE_DEVICE = "1"
+ENV = {"MODELS": MODELS, "SIM_SPEED": "0.04", "SIM_WARMUP_SECONDS": "0", "RESET_DEVICE_COMMAND": "sleep 2",
+       "JOB_CONCURRENCY_PER_MODEL": "1", "MAX_JOBS": "12000", "JOB_CLEANUP_INTERVAL_SECONDS": "1",
+       "SIM_VIDEO_FRAMES": "2", "SIM_VIDEO_WIDTH": "64", "SIM_VIDEO_HEIGHT": "64"}
+STREAM = {"prompt": "Benchmark prompt", "max_tokens": 64, "stream": True}
+QUEUED_JOBS = 10_000
+FINISHED_JOBS = 1_000
+JOB = {"prompt": "a queued video", "num_inference_steps": 4}
+
+
+@dataclass
+class LoopLagResult:
+    idle_gap_p99_ms: float
+    loaded_gap_p99_ms: float
+    loaded_gap_max_ms: float
+    lag_p99_ms: float
+    lag_max_ms: float
+    events: dict[str, float] = field(default_factory=dict)
+
+
+def run(seconds: float = 10.0) -> LoopLagResult:
+    events: dict[str, float] = {}
+    with ttmedia_server({**ENV, "JOB_RETENTION_SECONDS": "86400"}) as idle_server:
+        idle, cancel_seconds = asyncio.run(_calibrate(idle_server.url, seconds))
+    # The 1,000 jobs are cancelled just before the window; they all expire together, a little
+    # after the last cancel, and the next sweep (every second) deletes them inside the window.
+    retention = 1.2 * cancel_seconds + 2.0
+    events["cancelling 1,000 jobs took s (idle server)"] = cancel_seconds
+    with ttmedia_server({**ENV, "JOB_RETENTION_SECONDS": f"{retention:.1f}"}, timeout=300) as server:
+        result = asyncio.run(_measure(server.url, seconds, idle, events))
+    result.events = {**events, **result.events}
+    return result
+
+
+async def _calibrate(url: str, seconds: float) -> tuple[L.StreamResult, float]:
+    """The idle streams, and how long cancelling FINISHED_JOBS jobs takes on this machine now."""
+    idle = await L._streams(url + "/v1/completions", STREAM, 8, seconds)
+    ids = await _post_many(url, "/v1/videos/generations", JOB, FINISHED_JOBS)
+    started = time.monotonic()
+    await _post_many(url, None, None, 0, [f"/v1/videos/generations/{i}/cancel" for i in ids])
+    return idle, time.monotonic() - started
+
+
+async def _post_many(url: str, path: str | None, body: dict[str, Any] | None, count: int,
+                     paths: list[str] | None = None, connections: int = 16) -> list[str]:
+    """POST `count` bodies to `path` (or an empty body to each of `paths`); the ids answered."""
+    host, port = _host_port(url)
+    todo = list(paths) if paths is not None else [path] * count  # type: ignore[list-item]
+    payload = json.dumps(body).encode() if body is not None else b"{}"
+    ids: list[str] = []
+
+    async def worker() -> None:
+        conn = L.Connection(host, port)
+        await conn.open()
+        while todo:
+            target = todo.pop()
+            status, _headers, text = await _request(conn, "POST", target, payload)
+            if 200 <= status < 300 and body is not None:
+                ids.append(json.loads(text)["id"])
+        conn.close()
+
+    await asyncio.gather(*(worker() for _ in range(connections)))
+    return ids
+
+
+async def _measure(url: str, seconds: float, idle: L.StreamResult, events: dict[str, float]) -> LoopLagResult:
+    queued = await _post_many(url, "/v1/videos/generations", JOB, QUEUED_JOBS)
+    finished = await _post_many(url, "/v1/videos/generations", JOB, FINISHED_JOBS)
+    events["jobs queued before the window"] = len(queued)
+    await _post_many(url, None, None, 0, [f"/v1/videos/generations/{i}/cancel" for i in finished])
+    events["jobs cancelled (finished) just before the window"] = len(finished)
+    before = await _lag_histogram(url)
+    started = time.monotonic()
+    streams = asyncio.ensure_future(L._streams(url + "/v1/completions", STREAM, 8, seconds))
+    edits = asyncio.ensure_future(_edits(url, started + seconds, events))
+    reset = asyncio.ensure_future(_reset(url, started, events))
+    sweep = asyncio.ensure_future(_watch_sweep(url, finished[0], started, started + seconds, events))
+    loaded = await streams
+    await asyncio.gather(edits, reset)
+    after = await _lag_histogram(url)
+    await sweep
+    lag_p99, lag_max = _histogram_stats(before, after)
+    return LoopLagResult(idle.gap_p99_ms, loaded.gap_p99_ms, max(loaded.gaps, default=0.0) * 1000,
+                         lag_p99 * 1000, lag_max * 1000, events)
+
+
+def _edit_body() -> bytes:
+    """An image edit whose image is a 10 MB PNG (noise does not compress), as base64 JSON."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(8)
+    png, mask = io.BytesIO(), io.BytesIO()
+    Image.fromarray(rng.integers(0, 256, (1850, 1850, 3), dtype=np.uint8)).save(png, "PNG", compress_level=1)
+    Image.new("L", (64, 64), 255).save(mask, "PNG")
+    body = {"prompt": "repaint it", "image": base64.b64encode(png.getvalue()).decode(),
+            "mask": base64.b64encode(mask.getvalue()).decode(), "num_inference_steps": 12}
+    return json.dumps(body).encode()
+
+
+async def _edits(url: str, until: float, events: dict[str, float]) -> None:
+    body = await asyncio.to_thread(_edit_body)
+    events["image edit body MB"] = len(body) / 1e6
+    host, port = _host_port(url)
+    conn = L.Connection(host, port)
+    await conn.open()
+    statuses: dict[int, int] = {}
+    await asyncio.sleep(0.5)
+    while time.monotonic() < until - 1:
+        status, _h, _t = await _request(conn, "POST", "/v1/images/edits", body)
+        statuses[status] = statuses.get(status, 0) + 1
+        await asyncio.sleep(2)
+    conn.close()
+    for status, count in sorted(statuses.items()):
+        events[f"image edits answered {status}"] = count
+
+
+async def _reset(url: str, started: float, events: dict[str, float]) -> None:
+    await asyncio.sleep(1.5)
+    host, port = _host_port(url)
+    conn = L.Connection(host, port)
+    await conn.open()
+    sent = time.monotonic()
+    status, _h, _t = await _request(conn, "POST", f"/tt-reset-device?device_id={IMAGE_DEVICE}", b"")
+    events[f"reset answered {status} after s"] = time.monotonic() - sent
+    events["reset sent at s"] = sent - started
+    conn.close()
+
+
+async def _watch_sweep(url: str, job_id: str, started: float, until: float, events: dict[str, float]) -> None:
+    """When the cancelled jobs are gone (one of them, polled): the sweep has run."""
+    host, port = _host_port(url)
+    conn = L.Connection(host, port)
+    await conn.open()
+    while time.monotonic() < until:
+        status, _h, _t = await _request(conn, "GET", f"/v1/videos/generations/{job_id}", b"")
+        if status == 404:
+            events[f"retention sweep seen at s (window 0-{until - started:.0f} s)"] = time.monotonic() - started
+            break
+        await asyncio.sleep(0.2)
+    else:
+        events["retention sweep not seen in the window"] = 1
+    conn.close()
+
+
+async def _request_once(url: str, method: str, path: str) -> tuple[int, dict[str, str], bytes]:
+    host, port = _host_port(url)
+    conn = L.Connection(host, port)
+    await conn.open()
+    try:
+        return await _request(conn, method, path, b"")
+    finally:
+        conn.close()
+
+
+async def _request(conn: L.Connection, method: str, path: str, body: bytes) -> tuple[int, dict[str, str], bytes]:
+    chunks: list[bytes] = []
+    conn.last_body = b""
+    status, headers = await conn.request(method, path, body, on_chunk=chunks.append)
+    return status, headers, b"".join(chunks) or conn.last_body
+
+
+async def _lag_histogram(url: str) -> dict[float, float]:
+    _status, _h, text = await _request_once(url, "GET", "/metrics")
+    buckets: dict[float, float] = {}
+    for match in re.finditer(rb'^ttmedia_event_loop_lag_seconds_bucket\{le="([^"]+)"\} (\S+)$', text, re.M):
+        bound = math.inf if match[1] == b"+Inf" else float(match[1])
+        buckets[bound] = float(match[2])
+    return buckets
+
+
+def _histogram_stats(before: dict[float, float], after: dict[float, float]) -> tuple[float, float]:
+    """p99 and max of the samples taken between two scrapes, as bucket upper bounds."""
+    bounds = sorted(after)
+    counts = [after[b] - before.get(b, 0.0) for b in bounds]  # cumulative
+    total = counts[-1] if counts else 0.0
+    if not total:
+        return math.nan, math.nan
+    p99 = next(b for b, c in zip(bounds, counts, strict=True) if c >= 0.99 * total)
+    top = next(b for b, c in zip(bounds, counts, strict=True) if c >= total)
+    finite = [b for b in bounds if math.isfinite(b)]
+    return (p99 if math.isfinite(p99) else finite[-1]), (top if math.isfinite(top) else finite[-1])
+
+
+def _host_port(url: str) -> tuple[str, int]:
+    host, port = re.match(r"http://([^:/]+):(\d+)", url).groups()  # type: ignore[union-attr]
+    return host, int(port)
