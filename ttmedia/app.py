@@ -39,6 +39,8 @@ from starlette.middleware.cors import CORSMiddleware
 
 from ttmedia import fastpath, httpguard, problems, startup
 from ttmedia.context import note
+from ttmedia.internals import connexion as internal_connexion
+from ttmedia.internals import uvicorn as internal_uvicorn
 from ttmedia.gate import EarlyGate, ReadinessGate, families_by_operation
 from ttmedia.jobs.org import OrganizationCheck, org_scoped_operations
 from ttmedia.legacy import DeprecationHeaders
@@ -76,18 +78,15 @@ def load_spec() -> dict[str, Any]:
 def compiled_spec_check() -> Iterator[None]:
     """Connexion checks the spec against the OpenAPI 3.0 schema at every start with pure-Python
     jsonschema (70 ms, a tenth of the time to open the port); the compiled validator makes the
-    same check in 4 ms. Connexion's private hook, so scoped to add_api and pinned with Connexion."""
+    same check in 4 ms (through Connexion's private hook: ttmedia.internals.connexion)."""
     def validate(cls: type, spec: dict[str, Any]) -> None:
         errors = [f"{'/'.join(map(str, e.instance_path)) or '(root)'}: {e.message}"
                   for e in _openapi_schema_validator().iter_errors(spec)]
         if errors:
             raise InvalidSpecification("openapi.yaml is not a valid OpenAPI 3.0 document: " + "; ".join(errors[:5]))
 
-    OpenAPISpecification._validate_spec = classmethod(validate)  # type: ignore[method-assign,assignment]
-    try:
+    with internal_connexion.spec_validation(validate):
         yield
-    finally:
-        del OpenAPISpecification._validate_spec  # Connexion's own again (it lives on the base class)
 
 
 @lru_cache(maxsize=1)
@@ -109,7 +108,8 @@ class DeclaredContentTypeOperation(OpenAPIOperation):
 
     @property
     def consumes(self) -> list[str]:
-        if self._consumes is None:
+        found: list[str] | None = self.__dict__.get("_declared_consumes")
+        if found is None:
             types = list(self.request_body.get("content", {}))
             if len(types) > 1:
                 default = self.request_body.get(DEFAULT_CONTENT_TYPE)
@@ -119,8 +119,8 @@ class DeclaredContentTypeOperation(OpenAPIOperation):
                         f"must name the default one in {DEFAULT_CONTENT_TYPE}")
                 types.remove(default)
                 types.insert(0, default)
-            self._consumes = types
-        return self._consumes
+            found = self.__dict__["_declared_consumes"] = types
+        return found
 
     def body_definition(self, content_type: str | None = None) -> dict[str, Any]:
         # Asked 6 times per request by Connexion's layers; the answer depends on the type alone.
@@ -140,7 +140,7 @@ class TagResolver(Resolver):
     """operationId `create_image` tagged `images` → `ttmedia.handlers.images.create_image`."""
 
     def resolve_operation_id(self, operation: Any) -> str:
-        tags = operation._operation.get("tags") or ["system"]
+        tags = internal_connexion.operation_tags(operation) or ["system"]
         return f"{HANDLERS_PACKAGE}.{tags[0]}.{operation.operation_id}"
 
 
@@ -225,7 +225,7 @@ def create_app(settings: Settings | None = None) -> AsyncApp:
     """
     if settings is not None:
         return _build(settings)
-    server = _calling_uvicorn_config()
+    server = internal_uvicorn.calling_config()
     try:
         settings = load_settings()
         if server is not None:
@@ -252,30 +252,16 @@ def _exit(lines: list[str], code: int) -> typing.NoReturn:
     raise SystemExit(code)
 
 
-def _calling_uvicorn_config() -> Any:
-    """The uvicorn Config whose load() is calling this factory, if any: the one place the factory
-    can learn the address the server is about to bind, and tune the server it runs in."""
-    uvicorn = sys.modules.get("uvicorn")
-    if uvicorn is None:
-        return None
-    frame = sys._getframe(1)
-    while frame is not None:
-        candidate = frame.f_locals.get("self")
-        if isinstance(candidate, uvicorn.Config):
-            return candidate
-        frame = frame.f_back  # type: ignore[assignment]
-    return None
-
-
 def _tune_server(config: Any, settings: Settings) -> None:
     """Apply the HTTP limits to the uvicorn server that serves the app (options the operator
     left at uvicorn's defaults take ours)."""
-    guarded = httpguard.guarded(config.http_protocol_class)
+    protocol = internal_uvicorn.http_protocol(config)
+    guarded = httpguard.guarded(protocol)
     if guarded is not None:
-        config.http_protocol_class = guarded
+        internal_uvicorn.set_http_protocol(config, guarded)
     else:
         log.warning("HTTP protocol %s has no header cap or header/body timeouts; use --http httptools or h11",
-                    getattr(config.http_protocol_class, "__name__", config.http_protocol_class))
+                    getattr(protocol, "__name__", protocol))
     if config.timeout_keep_alive == 5:
         config.timeout_keep_alive = settings.keep_alive_timeout_seconds
     if config.h11_max_incomplete_event_size is None:
@@ -335,7 +321,7 @@ def _build(settings: Settings, server: Any = None) -> AsyncApp:
         validator_map=VALIDATOR_MAP,
         swagger_ui_options=SwaggerUIOptions(swagger_ui_path=SWAGGER_UI_PREFIX),
     )
-    fastpath.install(app._middleware_app)
+    fastpath.install(internal_connexion.middleware_app(app))
     with compiled_spec_check():
         app.add_api(
             spec,
@@ -343,7 +329,7 @@ def _build(settings: Settings, server: Any = None) -> AsyncApp:
             validate_responses=settings.validate_responses,
             name="ttmedia",
         )
-    app.middleware.apis[-1].specification.operation_cls = DeclaredContentTypeOperation
+    internal_connexion.set_operation_class(app, DeclaredContentTypeOperation)
     # Before the gate: a request without an organisation is 401, even while warming.
     app.add_middleware(
         OrganizationCheck, position=MiddlewarePosition.BEFORE_VALIDATION,
@@ -379,9 +365,8 @@ def _build(settings: Settings, server: Any = None) -> AsyncApp:
         )
     _install_error_handlers(app, spec)
     # Last: middleware positions are found by Connexion's own class.
-    stack = app.middleware.middlewares
-    stack[stack.index(RequestValidationMiddleware)] = fastpath.PreparedRequestValidationMiddleware
-    stack[stack.index(RoutingMiddleware)] = fastpath.IndexedRoutingMiddleware
+    internal_connexion.replace_middleware(app, RequestValidationMiddleware, fastpath.PreparedRequestValidationMiddleware)
+    internal_connexion.replace_middleware(app, RoutingMiddleware, fastpath.IndexedRoutingMiddleware)
     app.runtime = runtime  # type: ignore[attr-defined]  # for tests and the CLI
     return app
 

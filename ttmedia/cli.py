@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import atexit
 import json
 import os
 import sys
@@ -97,13 +96,13 @@ def _serve(args: argparse.Namespace) -> int:
 
 def _server(settings: Any, args: argparse.Namespace, models: list[Any], url: str) -> Any:
     """The uvicorn server for the app; the app is built here, with the settings read above."""
-    import contextlib
     import logging
 
     import uvicorn
 
     from ttmedia.app import create_app
     from ttmedia.httpguard import GuardedHttpToolsProtocol
+    from ttmedia.internals.uvicorn import HookedServer
     from ttmedia.runtime import begin_drain
 
     app = create_app(settings)
@@ -119,25 +118,15 @@ def _server(settings: Any, args: argparse.Namespace, models: list[Any], url: str
         timeout_graceful_shutdown=int(settings.drain_grace_seconds) + 5,
     )
 
-    class DrainingServer(uvicorn.Server):
+    class DrainingServer(HookedServer):
         """On SIGTERM/SIGINT, models answer 503 `draining` at once, while uvicorn lets in-flight
         requests finish; the lifespan then stops the workers. The process then exits with code 0,
         instead of uvicorn raising the signal again (a KeyboardInterrupt traceback on Ctrl-C)."""
 
-        def handle_exit(self, sig: int, frame: object) -> None:
+        def on_exit_signal(self, sig: int) -> None:
             begin_drain()
-            super().handle_exit(sig, frame)  # type: ignore[arg-type]
 
-        @contextlib.contextmanager
-        def capture_signals(self) -> Any:
-            with super().capture_signals():
-                try:
-                    yield
-                finally:
-                    self._captured_signals.clear()
-
-        async def startup(self, sockets: Any = None) -> None:
-            await super().startup(sockets)  # the lifespan first: a failed one exits here
+        def after_startup(self) -> None:  # the lifespan first: a failed one exits before this
             logging.getLogger("ttmedia").info(
                 "serving %s on %s (Swagger UI at /ui/, spec at /openapi.yaml)",
                 ", ".join(m.name for m in models), url)
@@ -194,7 +183,9 @@ def main(argv: list[str] | None = None) -> int:
     # The server is done and every child is gone: run the exit handlers (logs, multiprocessing's
     # temp directory), then leave without tearing down the interpreter's modules one by one,
     # which takes the better part of a second on a busy machine.
-    atexit._run_exitfuncs()
+    from ttmedia.internals.stdlib import run_exit_handlers
+
+    run_exit_handlers()
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)

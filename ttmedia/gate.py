@@ -10,10 +10,10 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from connexion.middleware.abstract import ROUTING_CONTEXT
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from ttmedia import problems
+from ttmedia.internals.connexion import record_operation_id
 from ttmedia.routing import operation_of
 from ttmedia.runtime import Runtime
 from ttmedia.security import header_authorized
@@ -86,7 +86,7 @@ class EarlyGate:
             extensions[GATED] = family  # serving: the full path's gate need not ask again
         elif isinstance(answer, problems.NotReady):
             # Label the answer with its operation, as routing would have (metrics, logs).
-            extensions.setdefault(ROUTING_CONTEXT, {})["operation_id"] = operation_id
+            record_operation_id(scope, operation_id)
             return answer
         return None
 

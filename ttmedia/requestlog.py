@@ -18,6 +18,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ttmedia import problems
 from ttmedia.context import RequestNote, current_note
+from ttmedia.internals.connexion import keep_routing_record
 from ttmedia.disconnect import CLIENT_CLOSED, run_until_disconnect
 from ttmedia.logs import request_line
 from ttmedia.metrics import Metrics
@@ -71,10 +72,9 @@ class RequestMiddleware:
         request_id = supplied if supplied and _SAFE_ID.match(supplied) else f"{_ID_PREFIX}{next(_ID_COUNTER):016x}"
         info = RequestNote(request_id)
         token = current_note.set(info)
-        # Connexion's routing records the operation in scope["extensions"] of a *shallow copy* of
-        # the scope: without the dict already here (uvicorn sends none), that record never reaches
-        # _record() and every request is counted as "unmatched".
-        extensions = scope.setdefault("extensions", {})
+        # Without it, Connexion's routing record never reaches _record() and every request is
+        # counted as "unmatched".
+        extensions = keep_routing_record(scope)
         status = 500
 
         async def send_with_id(message: Message) -> None:
