@@ -147,7 +147,7 @@ def retry_after_on_429(ctx: Any, response: Any, case: Any) -> bool | None:
 #     image_prompts' frame_pos values must be unique;
 #   * training: `device_type` must be the server's DEVICE, and dataset_loader Custom needs
 #     train_dataset_path, file_type and template.
-# A server's *served* spec (GET /openapi.json, ttmedia/served_spec.py) states all of these but
+# A server's *served* spec (GET /openapi.json, ttmedia/web/served_spec.py) states all of these but
 # two, which no JSON Schema can: a text prompt's token count against the context (it depends on
 # the tokenizer; a token-id prompt's sum with max_tokens neither), and unique frame_pos values
 # across list items. `positive_data_acceptance` would report those refusals as "schema-valid
@@ -239,7 +239,7 @@ def _breaks_model_rule(family: str, path: str, body: dict[str, Any], served: boo
 
 
 def _is_served_spec(operation: Any) -> bool:
-    """A deployment's served spec says so in info (ttmedia/served_spec.py)."""
+    """A deployment's served spec says so in info (ttmedia/web/served_spec.py)."""
     raw = getattr(operation.schema, "raw_schema", None) or {}
     return bool((raw.get("info") or {}).get("x-ttmedia-deployment"))
 
@@ -309,7 +309,7 @@ _MEDIA_FIELDS: dict[str, dict[str, str]] = {
     "/v1/videos/generations/i2v/upload": {"image": "png"},
     "/v1/videos": {"input_reference": "png", "input_reference[image_url]": "png"},
 }
-#: Upstream's unversioned aliases take the same media (ttmedia.legacy).
+#: Upstream's unversioned aliases take the same media (ttmedia.web.deprecation).
 _MEDIA_FIELDS.update({old: _MEDIA_FIELDS[new] for old, new in (
     ("/image/image-to-image", "/v1/images/image-to-image"), ("/image/edits", "/v1/images/edits"),
     ("/cnn/search-image", "/v1/cnn/search-image"), ("/audio/transcriptions", "/v1/audio/transcriptions"),

@@ -15,7 +15,7 @@ from typing import Any
 
 import httpx
 
-from ttmedia.app import create_app
+from ttmedia.web.app import create_app
 from ttmedia.settings import Settings
 
 #: Fast, instant simulated devices for tests that are not about timing.

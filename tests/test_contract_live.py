@@ -89,7 +89,7 @@ def test_help_describes_modes(capsys: pytest.CaptureFixture[str]) -> None:
 
 def test_warming_request_builder_covers_every_media_operation() -> None:
     """The post-run 503 probe can build a valid request for every media operation in the spec."""
-    from ttmedia.app import load_spec
+    from ttmedia.web.app import load_spec
 
     spec = load_spec()
     media = [(p, m, op, item) for p, item in spec["paths"].items() for m, op in item.items()

@@ -25,7 +25,7 @@ import pytest
 import uvicorn
 
 from tests.helpers import FAST, LiveServer, free_port, live_server, wait_until
-from ttmedia.app import create_app
+from ttmedia.web.app import create_app
 from ttmedia.settings import Settings
 
 pytestmark = pytest.mark.timeout(120)

@@ -95,7 +95,7 @@ _FAKE_CONNEXION = """
 import importlib.metadata as m
 real = m.version
 m.version = lambda name: "9.9.9" if name == "connexion" else real(name)
-import ttmedia.app
+import ttmedia.web.app
 print("imported")
 """
 

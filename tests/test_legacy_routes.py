@@ -7,8 +7,8 @@ import copy
 from typing import Any
 
 from tests.helpers import app_client
-from ttmedia.app import load_spec
-from ttmedia.legacy import is_legacy, successor
+from ttmedia.web.app import load_spec
+from ttmedia.web.deprecation import is_legacy, successor
 
 SPEC = load_spec()
 LEGACY = [(path, method, op) for path, item in SPEC["paths"].items() for method, op in item.items()

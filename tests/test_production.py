@@ -12,7 +12,7 @@ import yaml
 from kubernetes_validate import ValidationError, validate
 
 from tests.helpers import app_client, wait_until
-from ttmedia.app import load_spec
+from ttmedia.web.app import load_spec
 from ttmedia.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent

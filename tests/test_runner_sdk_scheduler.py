@@ -73,7 +73,7 @@ def test_progress_from_a_plain_run_reaches_the_caller(tmp_path: Path) -> None:
 
 
 def test_siblings_of_a_failed_request_fail_with_its_problem_not_a_cancellation(tmp_path: Path) -> None:
-    from ttmedia import problems
+    from ttmedia.web import problems
     from ttmedia.runners.types import ImageRequest
 
     async def body(pool: Any) -> None:

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from ttmedia import problems
+from ttmedia.web import problems
 from ttmedia.runners.sim.tokenizer import encode
 from ttmedia.runners.types import Completion, ImageRequest, LLMRequest
 from ttmedia.scheduler.readiness import ModelState, WorkerState

@@ -1,4 +1,4 @@
-"""The served spec: openapi.yaml narrowed to a deployment (ttmedia/served_spec.py).
+"""The served spec: openapi.yaml narrowed to a deployment (ttmedia/web/served_spec.py).
 
 It must always be a valid OpenAPI document (openapi-spec-validator, Redocly lint) and a narrowing
 of the general contract: the same operations or fewer, the same responses, and request schemas
@@ -22,9 +22,9 @@ from openapi_spec_validator import validate
 
 from contract.run import CONTRACT_MODELS
 from tests.helpers import app_client
-from ttmedia.app import load_spec
+from ttmedia.web.app import load_spec
 from ttmedia.runners.sim import tokenizer
-from ttmedia.served_spec import Deployment, ModelFacts, _nullable_as_type, _object, narrow
+from ttmedia.web.served_spec import Deployment, ModelFacts, _nullable_as_type, _object, narrow
 
 ROOT = Path(__file__).resolve().parent.parent
 GENERAL = load_spec()

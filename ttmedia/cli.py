@@ -24,7 +24,7 @@ def _serve(args: argparse.Namespace) -> int:
     the worker modules while the settings, models, DATA_DIR's lock and the runner modules are
     checked (a failure there ends it again); the worker processes as soon as the models are
     known; the web stack last, while the devices warm up."""
-    from ttmedia.listen import ListenError, listen, url_of
+    from ttmedia.web.listen import ListenError, listen, url_of
     from ttmedia.startup import EXIT_CONFIG, EXIT_STARTUP, PROCESS, StartupFailed, describe, kill_children
 
     PROCESS.owned = True
@@ -51,7 +51,7 @@ def _serve(args: argparse.Namespace) -> int:
     try:
         from ttmedia.runners.faults import parse_faults
         from ttmedia.scheduler.devices import ConfigError, served_models
-        from ttmedia.security import BindRefused, check_bind_allowed
+        from ttmedia.web.security import BindRefused, check_bind_allowed
         from ttmedia.settings import SettingsError, load_settings
         from ttmedia.startup import check_data_dir, check_runners
 
@@ -76,7 +76,7 @@ def _serve(args: argparse.Namespace) -> int:
 
         launch_workers_early(settings, models)
 
-        from ttmedia.logs import configure_logging
+        from ttmedia.observability.logs import configure_logging
 
         configure_logging(settings.log_level, settings.log_format, server=True)
         try:
@@ -100,16 +100,16 @@ def _server(settings: Any, args: argparse.Namespace, models: list[Any], url: str
 
     import uvicorn
 
-    from ttmedia.app import create_app
-    from ttmedia.httpguard import GuardedHttpToolsProtocol
+    from ttmedia.web.app import create_app
+    from ttmedia.web.httpguard import GuardedHttpToolsProtocol
     from ttmedia.internals.uvicorn import HookedServer
-    from ttmedia.runtime import begin_drain
+    from ttmedia.web.runtime import begin_drain
 
     app = create_app(settings)
     config = uvicorn.Config(
         app,
         workers=1,  # the scheduler owns the devices: one server process per host
-        log_config=None,  # ours (ttmedia.logs); uvicorn's access log stays off
+        log_config=None,  # ours (ttmedia.observability.logs); uvicorn's access log stays off
         access_log=False,
         log_level=settings.log_level,
         http=GuardedHttpToolsProtocol,
@@ -135,7 +135,7 @@ def _server(settings: Any, args: argparse.Namespace, models: list[Any], url: str
 
 
 def _spec(args: argparse.Namespace) -> int:
-    from ttmedia.app import load_spec, spec_path
+    from ttmedia.web.app import load_spec, spec_path
 
     if args.format == "yaml":
         sys.stdout.write(spec_path().read_text(encoding="utf-8"))

@@ -228,7 +228,7 @@ IMPORTS = {
     "Any": "from typing import Any",
     "UploadFile": "from starlette.datastructures import UploadFile",
     "Response": "from starlette.responses import Response",
-    "problems": "from ttmedia import problems",
+    "problems": "from ttmedia.web import problems",
 }
 
 
@@ -309,7 +309,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import yaml
 
-    from ttmedia.app import spec_path
+    from ttmedia.web.app import spec_path
 
     spec_file = args.spec or spec_path()
     package_dir = args.package_dir or Path(__file__).resolve().parent / "handlers"

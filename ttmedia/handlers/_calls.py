@@ -5,9 +5,9 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from ttmedia import problems
-from ttmedia.context import note
-from ttmedia.runtime import current
+from ttmedia.web import problems
+from ttmedia.web.context import note
+from ttmedia.web.runtime import current
 
 log = logging.getLogger("ttmedia.request")
 

@@ -12,12 +12,12 @@ import orjson
 from connexion import request
 from starlette.responses import Response, StreamingResponse
 
-from ttmedia import problems
-from ttmedia.http import json_response
+from ttmedia.web import problems
+from ttmedia.web.responses import json_response
 from ttmedia.jobs.artifacts import ArtifactReader
 from ttmedia.jobs.models import Job, JobType, new_job_id
 from ttmedia.jobs.store import UnknownCursor
-from ttmedia.runtime import current
+from ttmedia.web.runtime import current
 
 
 def request_hash(*parts: Any) -> str:

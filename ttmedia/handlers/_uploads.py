@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from starlette.datastructures import UploadFile
 
-from ttmedia import problems
+from ttmedia.web import problems
 from ttmedia.media.errors import EncoderUnavailable, MediaError, MediaTooLong, UnsupportedMediaFormat
 
 if TYPE_CHECKING:
@@ -76,9 +76,9 @@ def b64decode(text: str, field: str) -> bytes:
 
 async def image_bytes(value: str, field: str) -> bytes:
     """An image field's bytes: base64, a `data:` URI, or an http(s) URL (fetched only from the
-    hosts MEDIA_URL_ALLOWED_DOMAINS lists; ttmedia.media_urls). 422 for text that is none of these."""
-    from ttmedia import media_urls
-    from ttmedia.runtime import current
+    hosts MEDIA_URL_ALLOWED_DOMAINS lists; ttmedia.media.urls). 422 for text that is none of these."""
+    from ttmedia.media import urls as media_urls
+    from ttmedia.web.runtime import current
 
     if media_urls.is_media_url(value):
         return await media_urls.fetch(current().settings, value, field)
@@ -117,7 +117,7 @@ async def decode_audio(data: bytes, field: str = "file") -> np.ndarray:
     """Audio bytes → mono float32 at 16 kHz. 415 for an unknown format, 413 beyond
     MAX_AUDIO_SECONDS (from the header, before decoding), 422 if it will not decode."""
     from ttmedia.media import audio
-    from ttmedia.runtime import current
+    from ttmedia.web.runtime import current
 
     fmt = audio.sniff_audio_format(data)
     if fmt is None:

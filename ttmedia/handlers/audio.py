@@ -12,9 +12,9 @@ from starlette.responses import Response, StreamingResponse
 
 from ttmedia.handlers._calls import stream_failure
 from ttmedia.handlers._uploads import decode_audio, upload_bytes
-from ttmedia.http import json_response
+from ttmedia.web.responses import json_response
 from ttmedia.runners.types import Segment, Transcription, TranscriptionRequest
-from ttmedia.runtime import current
+from ttmedia.web.runtime import current
 
 #: Upstream's default; a superset of OpenAI's `json`, so OpenAI clients read it too.
 DEFAULT_FORMAT = "verbose_json"

@@ -9,9 +9,9 @@ from starlette.datastructures import UploadFile
 from starlette.responses import Response
 
 from ttmedia.handlers._uploads import decode_image, image_bytes, upload_bytes
-from ttmedia.http import json_response
+from ttmedia.web.responses import json_response
 from ttmedia.runners.types import Classification, ClassifyRequest
-from ttmedia.runtime import current
+from ttmedia.web.runtime import current
 
 if TYPE_CHECKING:
     import numpy as np  # numpy is imported where it is used: importing it costs 60 ms of server start-up.

@@ -8,10 +8,10 @@ from typing import Any
 
 from starlette.responses import Response
 
-from ttmedia import problems
-from ttmedia.http import json_response
+from ttmedia.web import problems
+from ttmedia.web.responses import json_response
 from ttmedia.runners.types import EmbeddingRequest, EmbeddingResult, Tokenizer
-from ttmedia.runtime import current
+from ttmedia.web.runtime import current
 
 #: bge-m3's context; a model can declare its own with the `max_model_length` option.
 DEFAULT_MAX_TOKENS = 8192

@@ -11,14 +11,14 @@ from typing import Any
 
 from starlette.responses import Response
 
-from ttmedia import problems
+from ttmedia.web import problems
 from ttmedia.handlers._jobs import create_job, file_response, get_or_404, open_artifact, page, request_hash
-from ttmedia.http import json_response
+from ttmedia.web.responses import json_response
 from ttmedia.jobs.kinds import CHECKPOINT_DIR
 from ttmedia.jobs.models import CHECKPOINT_ID_RE, JobType
 from ttmedia.jobs.org import current_org
 from ttmedia.runners.catalog import CATALOG
-from ttmedia.runtime import current
+from ttmedia.web.runtime import current
 
 TRAINERS = ["lora"]
 OPTIMIZERS = ["adamw", "adam", "sgd"]
@@ -73,7 +73,7 @@ async def create_fine_tuning_job(body: dict[str, Any]) -> Response:
 
 @lru_cache(maxsize=1)
 def _request_fields() -> frozenset[str]:
-    from ttmedia.app import load_spec
+    from ttmedia.web.app import load_spec
 
     return frozenset(load_spec()["components"]["schemas"]["TrainingRequest"]["properties"])
 

@@ -9,10 +9,10 @@ from typing import Any
 
 from starlette.responses import Response
 
-from ttmedia import problems
-from ttmedia.http import json_response
+from ttmedia.web import problems
+from ttmedia.web.responses import json_response
 from ttmedia.runners.types import EncodedImage, ImageRequest
-from ttmedia.runtime import current
+from ttmedia.web.runtime import current
 from ttmedia.scheduler.pool import ModelPool
 
 

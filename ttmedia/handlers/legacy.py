@@ -2,7 +2,7 @@
 same handlers as their /v1 successors under their own operationIds (`legacy_<operationId>`).
 
 The Deprecation, Sunset and Link headers every answer on these paths carries are added by
-ttmedia.legacy.DeprecationHeaders, so errors (401, 404, 503) carry them too.
+ttmedia.web.deprecation.DeprecationHeaders, so errors (401, 404, 503) carry them too.
 """
 
 from __future__ import annotations

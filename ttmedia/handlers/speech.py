@@ -9,12 +9,12 @@ from typing import Any
 
 from starlette.responses import Response
 
-from ttmedia import problems
+from ttmedia.web import problems
 from ttmedia.handlers._uploads import b64decode
-from ttmedia.http import json_response
+from ttmedia.web.responses import json_response
 from ttmedia.media.errors import EncoderUnavailable
 from ttmedia.runners.types import Speech, SpeechRequest
-from ttmedia.runtime import current
+from ttmedia.web.runtime import current
 
 MAX_CHARS = 20_000
 

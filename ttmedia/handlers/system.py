@@ -6,12 +6,12 @@ import time
 
 from starlette.responses import Response
 
-from ttmedia import problems
-from ttmedia.context import note
-from ttmedia.http import json_response
-from ttmedia.looplag import WINDOW_S
-from ttmedia.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
-from ttmedia.runtime import current
+from ttmedia.web import problems
+from ttmedia.web.context import note
+from ttmedia.web.responses import json_response
+from ttmedia.observability.looplag import WINDOW_S
+from ttmedia.observability.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from ttmedia.web.runtime import current
 from ttmedia.scheduler.devices import format_group
 from ttmedia.scheduler.scheduler import ResetFailed, matches
 

@@ -9,11 +9,11 @@ from typing import Any
 
 from starlette.responses import Response
 
-from ttmedia import problems
+from ttmedia.web import problems
 from ttmedia.handlers._calls import stream_failure
-from ttmedia.http import SSE_DONE, json_response, sse_event, sse_response
+from ttmedia.web.responses import SSE_DONE, json_response, sse_event, sse_response
 from ttmedia.runners.types import Completion, LLMRequest, TokenChunk, Tokenizer
-from ttmedia.runtime import current
+from ttmedia.web.runtime import current
 from ttmedia.scheduler.pool import ModelPool
 
 #: Upstream's chat default when neither max_tokens nor max_completion_tokens is given.

@@ -9,8 +9,8 @@ from typing import Any
 from starlette.datastructures import UploadFile
 from starlette.responses import Response
 
-from ttmedia import problems
-from ttmedia.context import note
+from ttmedia.web import problems
+from ttmedia.web.context import note
 from ttmedia.handlers._jobs import (
     file_response,
     get_or_404,
@@ -21,11 +21,11 @@ from ttmedia.handlers._jobs import (
     save_job,
 )
 from ttmedia.handlers._uploads import decode_image, image_bytes, upload_bytes
-from ttmedia.http import json_response
+from ttmedia.web.responses import json_response
 from ttmedia.jobs.kinds import VIDEO_FILE, video_geometry
 from ttmedia.jobs.models import Job, JobStatus, JobType, describe_blob, valid_job_id
 from ttmedia.runners.catalog import video_mode
-from ttmedia.runtime import current
+from ttmedia.web.runtime import current
 from ttmedia.scheduler.pool import ModelPool
 
 #: Upstream's cap on an uploaded conditioning image, and the image types it accepts.

@@ -30,7 +30,7 @@ require("connexion.py")  # before anything here is used: it relies on that versi
 
 def middleware_app(app: t.Any) -> AsyncASGIApp:
     """The AsyncApp's inner ASGI app (`AsyncApp._middleware_app`). Its `api_cls` decides which
-    operation class serves a request; Connexion has no option to choose one (ttmedia.fastpath)."""
+    operation class serves a request; Connexion has no option to choose one (ttmedia.web.fastpath)."""
     return app._middleware_app  # type: ignore[no-any-return]
 
 
@@ -83,7 +83,7 @@ def current_scope() -> Scope:
 
 def operation_handler(async_operation: t.Any) -> Callable[..., t.Any]:
     """The resolved handler of an AsyncOperation (`_fn`): its public `fn` wraps it in a new
-    decorator chain on every access, which is what ttmedia.fastpath builds once instead."""
+    decorator chain on every access, which is what ttmedia.web.fastpath builds once instead."""
     return async_operation._fn  # type: ignore[no-any-return]
 
 

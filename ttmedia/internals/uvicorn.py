@@ -83,7 +83,7 @@ class HookedServer(uvicorn.Server):
         self.after_startup()
 
 
-# --- HTTP protocols (ttmedia.httpguard) -------------------------------------------------------
+# --- HTTP protocols (ttmedia.web.httpguard) -------------------------------------------------------
 # httpguard subclasses HttpToolsProtocol and H11Protocol: it extends asyncio.Protocol's public
 # methods (connection_made/lost, data_received) and, for httptools, uvicorn's parser callbacks
 # (on_message_begin, on_url, on_header, on_headers_complete, on_body, on_message_complete), which

@@ -28,7 +28,7 @@ import logging
 import time
 from typing import Any
 
-from ttmedia import problems
+from ttmedia.web import problems
 from ttmedia.jobs.artifacts import LocalArtifactStore
 from ttmedia.jobs.kinds import JobKind, make_kinds
 from ttmedia.jobs.models import (

@@ -16,8 +16,8 @@ from typing import Any
 from connexion import request
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from ttmedia import problems
-from ttmedia.routing import operation_of
+from ttmedia.web import problems
+from ttmedia.web.routing import operation_of
 from ttmedia.settings import Settings
 
 #: The header name in openapi.yaml.

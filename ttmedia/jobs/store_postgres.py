@@ -28,7 +28,7 @@ import psycopg
 from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
 
-from ttmedia import problems
+from ttmedia.web import problems
 from ttmedia.jobs.models import Job, JobStatus, JobType, check_transition
 from ttmedia.jobs.store import (
     NOTE_CANCEL,

@@ -17,7 +17,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from ttmedia import problems
+from ttmedia.web import problems
 from ttmedia.runners import registry
 from ttmedia.runners.types import FINAL_TYPES, Progress, TokenChunk, Tokenizer
 from ttmedia.scheduler import protocol as p
@@ -36,7 +36,7 @@ CALL_AHEAD_BELOW_S = 1.0
 
 
 class _OpenStreams:
-    """How many token streams this process is delivering right now (see ttmedia/fastpath.py)."""
+    """How many token streams this process is delivering right now (see ttmedia/web/fastpath.py)."""
 
     count = 0
 

@@ -15,8 +15,8 @@ from dataclasses import replace
 from collections.abc import Callable
 from typing import Any
 
-from ttmedia import problems
-from ttmedia.context import note
+from ttmedia.web import problems
+from ttmedia.web.context import note
 from ttmedia.runners.base import RunnerContext
 from ttmedia.runners.catalog import DEVICE_SPEED
 from ttmedia.runners.faults import Fault, parse_faults
@@ -96,7 +96,7 @@ class Scheduler:
         self._watchdog: asyncio.Task[None] | None = None
         self.started_at = time.monotonic()
         self.last_watch = time.monotonic()  # the watchdog's last tick: /livez checks it
-        self.observer: Any = None  # ttmedia.metrics.Metrics, when attached
+        self.observer: Any = None  # ttmedia.observability.metrics.Metrics, when attached
         self._background: set[asyncio.Task[None]] = set()
         start_forkserver()  # overlaps the rest of the server's start-up
 

@@ -12,11 +12,11 @@ from typing import Any
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from ttmedia import problems
+from ttmedia.web import problems
 from ttmedia.internals.connexion import record_operation_id
-from ttmedia.routing import operation_of
-from ttmedia.runtime import Runtime
-from ttmedia.security import header_authorized
+from ttmedia.web.routing import operation_of
+from ttmedia.web.runtime import Runtime
+from ttmedia.web.security import header_authorized
 
 #: scope["extensions"] key: the early gate found this family serving; the gate need not ask again.
 GATED = "ttmedia.gated"

@@ -47,7 +47,7 @@ from ttmedia.internals import connexion as internal_connexion
 from ttmedia.internals.connexion import ParsedFormRequest
 from ttmedia.internals.starlette import route_path
 from ttmedia.scheduler.pool import OPEN_STREAMS
-from ttmedia.validation import PARSED_BODY, PARSED_FORM
+from ttmedia.web.validation import PARSED_BODY, PARSED_FORM
 
 _NOTHING = object()
 

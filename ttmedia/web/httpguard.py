@@ -22,7 +22,7 @@ import logging
 
 import h11
 
-from ttmedia import problems
+from ttmedia.web import problems
 from ttmedia.internals.uvicorn import H11Protocol, HttpToolsProtocol, h11_peer_state, reading_paused
 
 log = logging.getLogger("ttmedia.http")

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urljoin, urlsplit
 
-from ttmedia import problems
+from ttmedia.web import problems
 from ttmedia.settings import Settings
 
 REDIRECTS = {301, 302, 303, 307, 308}

@@ -7,7 +7,7 @@ source of every default.
 
 Each body is read and parsed once. Connexion's validators re-serialise a JSON body for the
 handler (json.dumps), which parses it again (json.loads); here the parsed, validated body is
-handed over in the request's scope (PARSED_BODY, read by ttmedia.fastpath), and so is a parsed
+handed over in the request's scope (PARSED_BODY, read by ttmedia.web.fastpath), and so is a parsed
 multipart form (PARSED_FORM). A body is read to its end whatever its framing: a chunked body
 has no Content-Length, which Connexion takes for no body at all.
 """
@@ -36,8 +36,8 @@ from starlette.formparsers import FormParser, MultiPartParser
 from starlette.types import Receive, Scope
 
 from ttmedia.internals.connexion import BodyValidatorHooks, FormValidatorHooks, ResponseValidatorHooks
-from ttmedia.problems import InvalidRequest, MalformedBody, NotFound
-from ttmedia.schema_compile import compile_validator, error_text, fill_defaults
+from ttmedia.web.problems import InvalidRequest, MalformedBody, NotFound
+from ttmedia.web.schema_compile import compile_validator, error_text, fill_defaults
 
 #: scope["extensions"] keys of the parsed body and of a parsed multipart form.
 PARSED_BODY = "ttmedia.body"
@@ -112,7 +112,7 @@ def parse_json(raw: bytes) -> t.Any:
 
 
 class JSONBodyValidator(BodyValidatorHooks, JSONRequestBodyValidator):
-    STATELESS = True  # one instance may validate every request of its operation (ttmedia.fastpath)
+    STATELESS = True  # one instance may validate every request of its operation (ttmedia.web.fastpath)
 
     async def wrap_receive(self, receive: Receive, *, scope: Scope) -> tuple[Receive, Scope]:
         raw = await _read_body(receive)

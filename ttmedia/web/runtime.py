@@ -8,8 +8,8 @@ from dataclasses import dataclass, field
 from ttmedia.internals.connexion import current_scope
 
 from ttmedia.jobs.manager import JobManager
-from ttmedia.looplag import LoopLag
-from ttmedia.metrics import Metrics
+from ttmedia.observability.looplag import LoopLag
+from ttmedia.observability.metrics import Metrics
 from ttmedia.scheduler.scheduler import Scheduler
 from ttmedia.settings import Settings
 

@@ -15,7 +15,7 @@ from typing import Any
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from ttmedia.internals.connexion import routed_operation_id
-from ttmedia.problems import MethodNotAllowed
+from ttmedia.web.problems import MethodNotAllowed
 
 _METHODS = {"get", "put", "post", "delete", "patch"}
 

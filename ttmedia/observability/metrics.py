@@ -14,7 +14,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from ttmedia.looplag import LAG_BUCKETS
+from ttmedia.observability.looplag import LAG_BUCKETS
 from ttmedia.scheduler.readiness import ModelState, WorkerState
 
 if TYPE_CHECKING:
