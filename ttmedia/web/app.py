@@ -68,7 +68,7 @@ def spec_path() -> Path:
     packaged = resources.files("ttmedia").joinpath("openapi.yaml")
     if packaged.is_file():
         return Path(str(packaged))
-    return Path(__file__).resolve().parent.parent / "openapi.yaml"
+    return Path(__file__).resolve().parents[2] / "openapi.yaml"
 
 
 @lru_cache(maxsize=1)
