@@ -23,7 +23,7 @@ from PIL import Image
 
 from tests.helpers import app_client
 from tests.routes_support import assert_problem
-from ttmedia.media.urls import Policy
+from ttmedia.web.media_urls import Policy
 
 SDXL = "stable-diffusion-xl-base-1.0"
 LIMIT = 64 * 1024

@@ -76,8 +76,8 @@ def b64decode(text: str, field: str) -> bytes:
 
 async def image_bytes(value: str, field: str) -> bytes:
     """An image field's bytes: base64, a `data:` URI, or an http(s) URL (fetched only from the
-    hosts MEDIA_URL_ALLOWED_DOMAINS lists; ttmedia.media.urls). 422 for text that is none of these."""
-    from ttmedia.media import urls as media_urls
+    hosts MEDIA_URL_ALLOWED_DOMAINS lists; ttmedia.web.media_urls). 422 for text that is none of these."""
+    from ttmedia.web import media_urls
     from ttmedia.web.runtime import current
 
     if media_urls.is_media_url(value):

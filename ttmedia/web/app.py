@@ -44,10 +44,10 @@ from ttmedia.web.context import note
 from ttmedia.internals import connexion as internal_connexion
 from ttmedia.internals import uvicorn as internal_uvicorn
 from ttmedia.web.gate import EarlyGate, ReadinessGate, families_by_operation
-from ttmedia.jobs.org import OrganizationCheck, org_scoped_operations
+from ttmedia.web.organization import OrganizationCheck, org_scoped_operations
 from ttmedia.web.deprecation import DeprecationHeaders
 from ttmedia.observability.logs import configure_logging, write_through
-from ttmedia.observability.requestlog import RequestMiddleware
+from ttmedia.web.requestlog import RequestMiddleware
 from ttmedia.web.routing import AllowedMethods, ConcretePathsFirst
 from ttmedia.web.runtime import Runtime
 from ttmedia.scheduler.devices import ConfigError
