@@ -8,7 +8,7 @@ import tempfile
 import warnings
 from typing import Any
 
-from helpers import app_client, wait_until
+from tests.helpers import app_client, wait_until
 
 T2V = "Wan2.2-T2V-A14B-Diffusers"
 UNKNOWN = "3f2b8c1e-4d5a-4b6c-8d7e-9f0a1b2c3d4e"

@@ -22,8 +22,8 @@ import pytest
 from PIL import Image
 
 from tests.helpers import app_client
-from tests.routes_support import assert_problem
 from ttmedia.media_urls import Policy
+from ttmedia.testing import assert_problem
 
 SDXL = "stable-diffusion-xl-base-1.0"
 LIMIT = 64 * 1024
