@@ -4,6 +4,7 @@ devices are unaffected, and the same server serves jobs again once the database 
 
 from __future__ import annotations
 
+import shutil
 import tempfile
 import warnings
 from typing import Any
@@ -57,3 +58,4 @@ def test_job_routes_answer_503_while_postgresql_is_down_then_recover() -> None:
                               == "completed", 30)
     finally:
         server.cleanup()
+        shutil.rmtree(pgdata, ignore_errors=True)
