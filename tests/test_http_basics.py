@@ -14,16 +14,9 @@ import yaml
 from PIL import Image
 
 from tests.helpers import app_client, live_server, wait_until
+from ttmedia.testing import assert_problem
 
 IMAGE_BODY = {"prompt": "a red fox in snow", "num_inference_steps": 12, "seed": 3, "size": "512x512"}
-
-
-def assert_problem(response, status: int, reason: str) -> dict:
-    assert response.status_code == status, response.text
-    assert response.headers["content-type"].startswith("application/problem+json")
-    body = response.json()
-    assert body["status"] == status and body["reason"] == reason and isinstance(body["detail"], str)
-    return body
 
 
 def test_warming_model_answers_503_with_retry_after_and_wrong_method_is_405():

@@ -11,7 +11,8 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from helpers import app_client, wait_until
+
+from tests.helpers import app_client, wait_until
 
 TRAINER = "Llama-3.2-3B-Instruct"
 #: Simulated time ×0.1: a training step is 5 ms.

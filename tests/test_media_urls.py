@@ -22,7 +22,7 @@ import pytest
 from PIL import Image
 
 from tests.helpers import app_client
-from tests.routes_support import assert_problem
+from ttmedia.testing import assert_problem
 from ttmedia.web.media_urls import Policy
 
 SDXL = "stable-diffusion-xl-base-1.0"

@@ -6,7 +6,7 @@ import base64
 
 import numpy as np
 
-from tests.routes_support import assert_problem
+from ttmedia.testing import assert_problem
 
 
 def _vectors(body: dict) -> list[np.ndarray]:

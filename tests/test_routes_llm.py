@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from tests.helpers import app_client
-from tests.routes_support import assert_problem
+from ttmedia.testing import assert_problem
 from ttmedia.runners.sim import tokenizer
 
 TEXT = "The Tensix core hums. Ünïcode, digits 42 and\ttabs\n\nround-trip!"
