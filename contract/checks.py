@@ -1,4 +1,4 @@
-"""Project-specific Schemathesis checks: the readiness and back-pressure contract of DESIGN.md.
+"""Project-specific Schemathesis checks: the readiness and back-pressure contract of docs/architecture.md.
 
 Loaded by `st run` through `hooks = "contract.checks"` in contract/schemathesis.toml (or
 `SCHEMATHESIS_HOOKS=contract.checks`); the working directory must be the repository root.
@@ -86,7 +86,7 @@ def retry_after_on_503(ctx: Any, response: Any, case: Any) -> bool | None:
     if response.status_code != 503:
         return None
     _assert_retry_after(response)
-    # /tt-liveness keeps the upstream status body on 503 (DESIGN.md, Readiness) and declares it
+    # /tt-liveness keeps the upstream status body on 503 (docs/architecture.md, Readiness) and declares it
     # as its only 503 media type; everything else answers 503 with problem+json. Both carry a
     # string `reason`.
     declared = _declared_503_media_types(case)

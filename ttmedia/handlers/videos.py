@@ -115,7 +115,7 @@ async def create_video_generation_i2v_upload(body: dict[str, Any], image: Upload
 async def get_video_generation(job_id: str) -> Response:
     if job_id == "i2v":
         # GET /v1/videos/generations/i2v routes here ({job_id} matches); it is a wrong method on
-        # the i2v path, and 405 must never be confused with anything else (DESIGN.md).
+        # the i2v path, and 405 must never be confused with anything else (docs/architecture.md).
         raise problems.MethodNotAllowed("GET is not allowed here; allowed: POST.", ["POST"])
     if not valid_job_id(job_id):
         raise problems.NotFound(f"Video job {job_id} not found.")

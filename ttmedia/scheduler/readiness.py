@@ -1,4 +1,4 @@
-"""Per-model readiness, derived from the states of its workers (DESIGN.md, Readiness)."""
+"""Per-model readiness, derived from the states of its workers (docs/architecture.md, Readiness)."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """The readiness gate: 503 + Retry-After for a media operation whose model family cannot serve.
 
-It sits after routing and security and before body validation (DESIGN.md, Request path), so a
+It sits after routing and security and before body validation (docs/architecture.md, Request path), so a
 wrong method is still 405, a missing key 401, and a warming model answers without the body
 being read. Operations opt in with `x-ttmedia-family` in the spec.
 """

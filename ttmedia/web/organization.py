@@ -2,7 +2,7 @@
 
 The spec declares the header as a required parameter of every org-scoped operation (marked
 `x-ttmedia-org-scoped: true`). Left to Connexion, a missing header would be a parameter error
-(422); the contract says 401 `unauthorized` (DESIGN.md, error table): no organisation is an
+(422); the contract says 401 `unauthorized` (docs/architecture.md, error table): no organisation is an
 identity problem, like no API key. So this check runs after security and before validation.
 
 ORG_ID_HEADER may rename the header (a proxy that sets its own); the value is then copied to the

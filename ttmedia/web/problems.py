@@ -124,7 +124,7 @@ class NotImplementedYet(Problem):
 
 
 class NotReady(Problem):
-    """503: the model cannot serve now. `reason` is one of the readiness reasons in DESIGN.md."""
+    """503: the model cannot serve now. `reason` is one of the readiness reasons in docs/architecture.md."""
 
     status = 503
     REASONS = ("warming_up", "no_workers", "init_failed", "draining", "worker_lost", "device_error")
