@@ -211,7 +211,7 @@ def _accepted(name: str, error: Any) -> str:
         return "one of: " + ", ".join(map(str, typing.get_args(annotation)))
     if annotation is bool:
         return "a boolean (1 or 0, true or false, yes or no)"
-    kind = {int: "an integer", float: "a number"}.get(annotation)  # type: ignore[call-overload]
+    kind = {int: "an integer", float: "a number"}.get(annotation)  # type: ignore[arg-type]
     if kind is None:
         return str(error["msg"]).lower()
     bounds = []

@@ -135,8 +135,9 @@ class ParsedFormRequest(ConnexionRequest):
 
     def no_files_unless(self, is_form: bool) -> None:
         """A request whose body is not a form has no files: nothing to parse, and no form() to ask."""
-        if self._files is None and not is_form:
-            self._files = {}
+        me: t.Any = self  # `_files` is Connexion's, untyped
+        if me._files is None and not is_form:
+            me._files = {}
 
     async def _split_form_files(self) -> None:
         form = self.parsed_form()

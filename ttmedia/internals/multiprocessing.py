@@ -10,6 +10,7 @@ import signal
 import struct
 import threading
 from multiprocessing import forkserver, util
+from typing import Any
 
 from ttmedia.internals import require
 
@@ -33,7 +34,7 @@ def stop_forkserver() -> None:
     modules (a second or more). There is no public stop: this uses the module's singleton
     (`forkserver._forkserver`) and its `_lock`, `_forkserver_pid`, `_forkserver_alive_fd`
     and `_forkserver_address`."""
-    server = forkserver._forkserver  # type: ignore[attr-defined]
+    server: Any = forkserver._forkserver  # type: ignore[attr-defined]
     with server._lock:  # held while it is being started
         pid = server._forkserver_pid
         if pid is None:

@@ -178,7 +178,7 @@ class PostgresJobStore(JobStore):
             await conn.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK,))
             await conn.execute("CREATE TABLE IF NOT EXISTS ttmedia_schema (version integer PRIMARY KEY, "
                                "applied_at timestamptz NOT NULL DEFAULT now())")
-            row = await (await conn.execute("SELECT COALESCE(MAX(version), 0) AS v FROM ttmedia_schema")).fetchone()
+            row: Any = await (await conn.execute("SELECT COALESCE(MAX(version), 0) AS v FROM ttmedia_schema")).fetchone()
             current = int(row["v"]) if row else 0
             for number, script in enumerate(MIGRATIONS, start=1):
                 if number > current:
@@ -288,7 +288,8 @@ class PostgresJobStore(JobStore):
         with _translated():
             async with self.pool.connection() as conn, conn.cursor(binary=True) as cur:
                 await cur.execute("SELECT data FROM job_inputs WHERE job_id=%s ORDER BY idx", (job_id,))
-                return [bytes(r["data"]) for r in await cur.fetchall()]
+                rows: list[Any] = await cur.fetchall()  # dict rows: the pool's row_factory
+                return [bytes(r["data"]) for r in rows]
 
     async def page(self, job_type: JobType, org_id: str | None, limit: int, after: str | None,
                    ascending: bool = False) -> tuple[list[Job], bool]:
@@ -470,5 +471,5 @@ class PostgresJobStore(JobStore):
 
     async def explain_claim(self, model: str) -> list[str]:
         async with self.pool.connection() as conn, conn.transaction():
-            rows = await (await conn.execute("EXPLAIN " + CLAIM_SQL, (model,))).fetchall()  # type: ignore[operator]
+            rows: list[Any] = await (await conn.execute("EXPLAIN " + CLAIM_SQL, (model,))).fetchall()  # type: ignore[operator]
         return [r["QUERY PLAN"] for r in rows]

@@ -101,7 +101,7 @@ class _Writer:
     def _drain(self) -> None:
         records = self.records
         while records:
-            lines = []
+            lines: list[str] = []
             # In small pieces: formatting holds the GIL, and the event loop may be waiting for it.
             while records and len(lines) < 64:
                 record = records.popleft()

@@ -105,8 +105,8 @@ class SchedulerCollector(Collector):
             for state in ModelState:
                 model_state.add_metric([name, state.value], 1.0 if state is current else 0.0)
             for w in pool.workers:
-                for state in WorkerState:
-                    worker_state.add_metric([name, w.worker_id, state.value], 1.0 if w.state is state else 0.0)
+                for wstate in WorkerState:
+                    worker_state.add_metric([name, w.worker_id, wstate.value], 1.0 if w.state is wstate else 0.0)
                 restarts.add_metric([name, w.worker_id], w.restart_count)
                 errors.add_metric([name, w.worker_id], w.error_count)
         yield from (depth, inflight, model_state, worker_state, restarts, errors, waiting, running)

@@ -8,6 +8,7 @@ per item), not measured TT numbers. A real runner ignores them.
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 #: Family → the routes it serves (as listed by /v1/models).
 FAMILY_ROUTES: dict[str, tuple[str, ...]] = {
@@ -64,7 +65,7 @@ class ModelInfo:
     runner: str
     timing: Timing
     hf_id: str = ""
-    options: dict[str, object] = field(default_factory=dict)
+    options: dict[str, Any] = field(default_factory=dict)  # MODELS strings and catalog numbers
 
     @property
     def routes(self) -> tuple[str, ...]:

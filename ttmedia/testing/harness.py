@@ -151,7 +151,7 @@ class LiveServer:
     def _failure(self, message: str) -> str:
         where = f"; log: {self.log_path}" if self.log_path and self._scratch is None else ""
         tail = self.log_text(3000)
-        return f"{message} ({' '.join(map(str, self.proc.args))}){where}" + (
+        return f"{message} ({' '.join(map(str, self.proc.args if isinstance(self.proc.args, (list, tuple)) else [self.proc.args]))}){where}" + (
             f"\n--- server log, last lines ---\n{tail}" if tail else "")
 
     def stop(self, sig: int = signal.SIGTERM, grace: float = 30.0, *, group: bool = False) -> int | None:

@@ -137,7 +137,7 @@ class _HeaderTimeout(problems.Problem):
     status, reason = 408, "timeout"
 
 
-class GuardedHttpToolsProtocol(_Guard, HttpToolsProtocol):
+class GuardedHttpToolsProtocol(_Guard, HttpToolsProtocol):  # type: ignore[misc]  # uvicorn narrows connection_made too
     _head_size = 0  # request line and headers as parsed (a complete head can be too large too)
 
     def on_message_begin(self) -> None:
@@ -172,7 +172,7 @@ class GuardedHttpToolsProtocol(_Guard, HttpToolsProtocol):
         super().on_message_complete()
 
 
-class GuardedH11Protocol(_Guard, H11Protocol):
+class GuardedH11Protocol(_Guard, H11Protocol):  # type: ignore[misc]  # as above
     """h11 caps incomplete requests itself (h11_max_incomplete_event_size); the timeouts follow
     its state machine."""
 

@@ -152,7 +152,8 @@ async def _fetch(policy: Policy, url: str, field: str) -> bytes:
     import httpcore
 
     headers = [(b"User-Agent", USER_AGENT), (b"Accept", b"image/*")]
-    async with httpcore.AsyncConnectionPool(network_backend=_GuardedBackend(policy, field), retries=0) as pool:
+    backend: Any = _GuardedBackend(policy, field)  # duck-typed: the methods httpcore calls on a backend
+    async with httpcore.AsyncConnectionPool(network_backend=backend, retries=0) as pool:
         for _hop in range(policy.max_redirects + 1):
             _check_url(policy, url, field)
             try:

@@ -344,7 +344,7 @@ def _narrow_operation(spec: dict[str, Any], general: dict[str, Any], op: dict[st
         return False
     base = op["operationId"].removeprefix("legacy_")
     family_models = [m for m in deployment.models if m.family == family]
-    modes = VIDEO_MODES.get(base, (None,))
+    modes: tuple[str | None, ...] = VIDEO_MODES.get(base, (None,))
     modes = tuple(mode for mode in modes if mode is None or any(m.can(mode) for m in family_models))
     if not modes:
         return False  # e.g. image-to-video with no image-to-video model
@@ -362,7 +362,7 @@ def _narrow_operation(spec: dict[str, Any], general: dict[str, Any], op: dict[st
         for mode in modes if not variants else ():
             candidates = [m for m in family_models if mode is None or m.can(mode)]
             others = [m for m in family_models if m not in candidates]
-            shaped = _with_mode(schema, mode, multipart) if base == "create_video" else schema
+            shaped = _with_mode(schema, mode, multipart) if base == "create_video" and mode is not None else schema
             variants += _variants(base, shaped, candidates, others, deployment, multipart)
         narrowed = {**media, "schema": variants[0] if len(variants) == 1 else {"anyOf": variants}}
         content[media_type] = _example_within(narrowed, media)
