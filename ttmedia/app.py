@@ -40,6 +40,7 @@ from starlette.middleware.cors import CORSMiddleware
 from ttmedia import fastpath, httpguard, problems, startup
 from ttmedia.context import note
 from ttmedia.gate import EarlyGate, ReadinessGate, families_by_operation
+from ttmedia.handlers._errors import as_problem
 from ttmedia.jobs.org import OrganizationCheck, org_scoped_operations
 from ttmedia.legacy import DeprecationHeaders
 from ttmedia.logs import configure_logging, write_through
@@ -47,6 +48,7 @@ from ttmedia.requestlog import RequestMiddleware
 from ttmedia.routing import AllowedMethods, ConcretePathsFirst
 from ttmedia.runtime import Runtime
 from ttmedia.scheduler.devices import ConfigError
+from ttmedia.scheduler.errors import SchedulerError
 from ttmedia.scheduler.readiness import WorkerState
 from ttmedia.scheduler.worker import EARLY_LAUNCH
 from ttmedia.security import BindRefused, check_bind_allowed
@@ -165,6 +167,9 @@ def _install_error_handlers(app: AsyncApp, spec: dict[str, Any]) -> None:
             log.error("%r", exc)
         return _render(exc)
 
+    def on_scheduler_error(req: ConnexionRequest, exc: SchedulerError) -> ConnexionResponse:
+        return on_problem(req, as_problem(exc))
+
     def on_bad_request(_req: ConnexionRequest, exc: BadRequestProblem) -> ConnexionResponse:
         return _render(problems.InvalidRequest(str(exc.detail)))
 
@@ -203,6 +208,7 @@ def _install_error_handlers(app: AsyncApp, spec: dict[str, Any]) -> None:
         return _render(problems.Internal("An unexpected error occurred; it has been logged."))
 
     app.add_error_handler(problems.Problem, on_problem)
+    app.add_error_handler(SchedulerError, on_scheduler_error)
     app.add_error_handler(BadRequestProblem, on_bad_request)
     app.add_error_handler(OAuthProblem, on_unauthorized)
     app.add_error_handler(UnsupportedMediaTypeProblem, on_media_type)

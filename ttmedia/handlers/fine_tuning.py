@@ -12,6 +12,7 @@ from typing import Any
 from starlette.responses import Response
 
 from ttmedia import problems
+from ttmedia.handlers._calls import choose_pool
 from ttmedia.handlers._jobs import create_job, file_response, get_or_404, open_artifact, page, request_hash
 from ttmedia.http import json_response
 from ttmedia.jobs.kinds import CHECKPOINT_DIR
@@ -53,7 +54,7 @@ async def get_training_catalog() -> Response:
 async def create_fine_tuning_job(body: dict[str, Any]) -> Response:
     runtime = current()
     org = current_org()
-    pool = runtime.scheduler.pool("training", body.get("model"))
+    pool = choose_pool("training", body.get("model"))
     pool.check_ready()
     device = runtime.settings.device
     requested = body.get("device_type") or device

@@ -10,7 +10,7 @@ from starlette.datastructures import UploadFile
 from starlette.responses import Response
 
 from ttmedia import problems
-from ttmedia.context import note
+from ttmedia.handlers._calls import choose_pool
 from ttmedia.handlers._jobs import (
     file_response,
     get_or_404,
@@ -36,7 +36,7 @@ LOCATION = "/v1/videos/generations/{id}"
 
 def _pool(model: str | None, mode: str) -> ModelPool:
     """The served video model for `mode`; 422 if the model named cannot do that mode."""
-    pool = current().scheduler.pool("video", model, serves=lambda pl: video_mode(pl.model.info, mode))
+    pool = choose_pool("video", model, serves=lambda pl: video_mode(pl.model.info, mode))
     if mode == "t2v" and not video_mode(pool.model.info, "t2v"):
         raise problems.InvalidRequest(
             f"{pool.name} requires image conditioning. Use POST /v1/videos/generations/i2v (JSON with "
@@ -45,7 +45,6 @@ def _pool(model: str | None, mode: str) -> ModelPool:
         raise problems.InvalidRequest(
             f"{pool.name} is a text-to-video model and cannot take images; use POST /v1/videos/generations.")
     pool.check_ready()  # the gate checked the family; this checks the model chosen
-    note(model=pool.name)  # the request log names the model chosen, as scheduler.pool() does
     return pool
 
 
