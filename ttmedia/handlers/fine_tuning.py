@@ -19,6 +19,7 @@ from ttmedia.jobs.kinds import CHECKPOINT_DIR
 from ttmedia.jobs.models import CHECKPOINT_ID_RE, JobType
 from ttmedia.jobs.org import current_org
 from ttmedia.runners.catalog import CATALOG
+from ttmedia.runners.types import TRAINING
 from ttmedia.runtime import current
 
 TRAINERS = ["lora"]
@@ -32,10 +33,10 @@ CUSTOM_REQUIRES = ("train_dataset_path", "file_type", "template")
 
 async def get_training_catalog() -> Response:
     runtime = current()
-    served = {pl.model.info.name: pl for pl in runtime.scheduler.pools.values() if pl.model.family == "training"}
+    served = {pl.model.info.name: pl for pl in runtime.scheduler.pools.values() if pl.model.family == TRAINING}
     models = [{"id": info.name, "display_name": info.hf_id or info.name, "supported": info.name in served,
                "model_config": {"runner": info.runner, "hf_id": info.hf_id}}
-              for info in CATALOG.values() if info.family == "training"]
+              for info in CATALOG.values() if info.family == TRAINING]
     workers = sum(len(pl.workers) for pl in served.values())
     devices = sum(len(g) for pl in served.values() for g in pl.model.groups)
     device = runtime.settings.device
@@ -54,7 +55,7 @@ async def get_training_catalog() -> Response:
 async def create_fine_tuning_job(body: dict[str, Any]) -> Response:
     runtime = current()
     org = current_org()
-    pool = choose_pool("training", body.get("model"))
+    pool = choose_pool(TRAINING, body.get("model"))
     pool.check_ready()
     device = runtime.settings.device
     requested = body.get("device_type") or device

@@ -59,7 +59,7 @@ def _worker_entry(w: WorkerStatus) -> dict[str, Any]:
     }
 
 
-def liveness_body(status: SchedulerStatus) -> dict[str, Any]:
+def _liveness_body(status: SchedulerStatus) -> dict[str, Any]:
     """Upstream's /tt-liveness body for the whole server, with a `models` entry per model."""
     worker_info: dict[str, Any] = {}
     models: dict[str, Any] = {}
@@ -94,7 +94,7 @@ def liveness_body(status: SchedulerStatus) -> dict[str, Any]:
 
 async def get_liveness() -> Response:
     scheduler = current().scheduler
-    body = liveness_body(scheduler.status())
+    body = _liveness_body(scheduler.status())
     if body["model_ready"]:
         return json_response(body)
     not_serving = [pl for pl in scheduler.pools.values() if not pl.state().serving]

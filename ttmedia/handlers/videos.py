@@ -25,6 +25,7 @@ from ttmedia.http import json_response
 from ttmedia.jobs.kinds import VIDEO_FILE, video_geometry
 from ttmedia.jobs.models import Job, JobStatus, JobType, describe_blob, valid_job_id
 from ttmedia.runners.catalog import video_mode
+from ttmedia.runners.types import VIDEO
 from ttmedia.runtime import current
 from ttmedia.scheduler.pool import ModelPool
 
@@ -36,7 +37,7 @@ LOCATION = "/v1/videos/generations/{id}"
 
 def _pool(model: str | None, mode: str) -> ModelPool:
     """The served video model for `mode`; 422 if the model named cannot do that mode."""
-    pool = choose_pool("video", model, serves=lambda pl: video_mode(pl.model.info, mode))
+    pool = choose_pool(VIDEO, model, serves=lambda pl: video_mode(pl.model.info, mode))
     if mode == "t2v" and not video_mode(pool.model.info, "t2v"):
         raise problems.InvalidRequest(
             f"{pool.name} requires image conditioning. Use POST /v1/videos/generations/i2v (JSON with "

@@ -18,6 +18,7 @@ from typing import Any
 from ttmedia.runners.base import RunnerContext
 from ttmedia.runners.catalog import DEVICE_SPEED
 from ttmedia.runners.faults import Fault, parse_faults
+from ttmedia.runners.types import EMBEDDING, LLM
 from ttmedia.scheduler import protocol as p
 from ttmedia.scheduler.errors import ResetFailed, UnknownDevice, UnknownModel
 from ttmedia.scheduler.devices import DeviceGroup, ServedModel, format_group, served_models
@@ -114,7 +115,7 @@ class Scheduler:
                 else:
                     worker.spawn()
         for pool in self.pools.values():
-            if pool.model.family in ("llm", "embedding") and not pool.model.missing:
+            if pool.model.family in (LLM, EMBEDDING) and not pool.model.missing:
                 pool.load_tokenizer_soon()
         self._watchdog = asyncio.ensure_future(self._watch())
         log.info("scheduler started: %s", ", ".join(
