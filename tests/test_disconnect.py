@@ -106,6 +106,7 @@ def test_call_ahead_of_a_disconnected_client_is_dropped_by_the_worker() -> None:
     with inprocess_server(models=f"{EMBEDDING}@(0)", sim_speed=60.0) as (app, url):
         pool = app.runtime.scheduler.pools[EMBEDDING]
         worker = pool.workers[0]
+        sent = pool.calls_of(worker)  # what the pool has handed that worker
         answered: list[str] = []  # request ids the worker sent results for
         original = pool.on_result
 
@@ -119,19 +120,19 @@ def test_call_ahead_of_a_disconnected_client_is_dropped_by_the_worker() -> None:
         holder = threading.Thread(target=lambda: httpx.post(url + "/v1/embeddings", json=body, timeout=30),
                                   daemon=True)
         holder.start()
-        assert wait_until(lambda: worker.load == 1, 10)
+        assert wait_until(lambda: sent.load == 1, 10)
         sock = _raw_post(url, "/v1/embeddings", {"input": "left early"})
-        assert wait_until(lambda: len(worker.calls_ahead) == 1, 5), "never sent ahead"
+        assert wait_until(lambda: len(sent.calls_ahead) == 1, 5), "never sent ahead"
         assert not pool.pending  # it waits in the worker, not in the scheduler's queue
         liveness = httpx.get(url + "/tt-liveness", timeout=10).json()
         assert liveness["models"][EMBEDDING]["worker_info"][worker.worker_id]["calls_ahead"] == 1
-        dropped = worker.calls_ahead[0][1][0].id
+        dropped = sent.calls_ahead[0][1][0].id
         sock.close()
-        assert wait_until(lambda: not worker.calls_ahead, 5), "never dropped"
+        assert wait_until(lambda: not sent.calls_ahead, 5), "never dropped"
         holder.join(30)
         time.sleep(1.2)  # more than a call's device time: a result for it would be here by now
         assert len(answered) == 2 and dropped not in answered, answered
-        assert not worker.inflight and worker.load == 0
+        assert not sent.inflight and sent.load == 0
         assert httpx.post(url + "/v1/embeddings", json=body, timeout=30).status_code == 200
 
 
@@ -170,8 +171,8 @@ def test_disconnected_stream_stops_generating(path: str, body: dict[str, Any], c
         # A few tokens may already be in the pipe when the cancel lands; not a stream's worth.
         assert len(after_close) <= 10, after_close
         assert not after_close or max(after_close) < 1.0, after_close
-        worker = pool.workers[0]
-        assert not worker.inflight and worker.load == 0
+        sent = pool.calls_of(pool.workers[0])
+        assert not sent.inflight and sent.load == 0
         # The worker is free and serves the next request.
         r = httpx.post(url + "/v1/completions", json={"prompt": "next", "max_tokens": 4}, timeout=30)
         assert r.status_code == 200

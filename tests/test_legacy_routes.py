@@ -6,7 +6,9 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from tests.helpers import app_client
+import httpx
+
+from tests.helpers import app_client, live_server
 from ttmedia.web.app import load_spec
 from ttmedia.web.deprecation import is_legacy, successor
 
@@ -72,3 +74,12 @@ def test_legacy_routes_answer_like_v1_and_are_marked_even_on_errors() -> None:
                                            'rel="successor-version"')
         v1 = c.post("/v1/tokenize", json={"prompt": "x"})
         assert "deprecation" not in v1.headers and "sunset" not in v1.headers
+
+
+def test_a_control_character_in_a_legacy_path_is_answered_not_dropped() -> None:
+    # The Link header carries the successor path; decoded, a %18 would be a control character in
+    # a header value, which uvicorn refuses to send: the client saw a dropped connection.
+    with live_server() as server:
+        r = httpx.get(server.url + "/video/generations/%18abc", timeout=10)
+    assert r.status_code == 404
+    assert r.headers["link"] == '</v1/videos/generations/%18abc>; rel="successor-version"'

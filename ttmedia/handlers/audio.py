@@ -10,10 +10,10 @@ import orjson
 from starlette.datastructures import UploadFile
 from starlette.responses import Response, StreamingResponse
 
-from ttmedia.handlers._calls import stream_failure
+from ttmedia.handlers._calls import choose_pool, stream_failure
 from ttmedia.handlers._uploads import decode_audio, upload_bytes
 from ttmedia.web.responses import json_response
-from ttmedia.runners.types import Segment, Transcription, TranscriptionRequest
+from ttmedia.runners.types import AUDIO, Segment, Transcription, TranscriptionRequest
 from ttmedia.web.runtime import current
 
 #: Upstream's default; a superset of OpenAI's `json`, so OpenAI clients read it too.
@@ -44,7 +44,7 @@ def _temperatures(body: dict[str, Any]) -> list[float]:
 
 async def _run(body: dict[str, Any], file: UploadFile | None, task: str) -> Response:
     runtime = current()
-    pool = runtime.scheduler.pool("audio", body.get("model"))
+    pool = choose_pool(AUDIO, body.get("model"))
     data = await upload_bytes(body, file, "file", runtime.settings.max_audio_size_bytes)
     request = TranscriptionRequest(
         await decode_audio(data), task=task,  # type: ignore[arg-type]

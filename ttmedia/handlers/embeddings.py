@@ -9,9 +9,9 @@ from typing import Any
 from starlette.responses import Response
 
 from ttmedia.web import problems
+from ttmedia.handlers._calls import choose_pool
 from ttmedia.web.responses import json_response
-from ttmedia.runners.types import EmbeddingRequest, EmbeddingResult, Tokenizer
-from ttmedia.web.runtime import current
+from ttmedia.runners.types import EMBEDDING, EmbeddingRequest, EmbeddingResult, Tokenizer
 
 #: bge-m3's context; a model can declare its own with the `max_model_length` option.
 DEFAULT_MAX_TOKENS = 8192
@@ -43,7 +43,7 @@ def _inputs(value: Any, tok: Tokenizer | None) -> tuple[list[str], list[int]]:
 
 
 async def create_embedding(body: dict[str, Any]) -> Response:
-    pool = current().scheduler.pool("embedding", body.get("model"))
+    pool = choose_pool(EMBEDDING, body.get("model"))
     options = pool.model.info.options
     size = int(options.get("dimensions", 1024))
     dimensions = body.get("dimensions") or size

@@ -10,7 +10,7 @@ from starlette.datastructures import UploadFile
 from starlette.responses import Response
 
 from ttmedia.web import problems
-from ttmedia.web.context import note
+from ttmedia.handlers._calls import choose_pool
 from ttmedia.handlers._jobs import (
     file_response,
     get_or_404,
@@ -25,6 +25,7 @@ from ttmedia.web.responses import json_response
 from ttmedia.jobs.kinds import VIDEO_FILE, video_geometry
 from ttmedia.jobs.models import Job, JobStatus, JobType, describe_blob, valid_job_id
 from ttmedia.runners.catalog import video_mode
+from ttmedia.runners.types import VIDEO
 from ttmedia.web.runtime import current
 from ttmedia.scheduler.pool import ModelPool
 
@@ -36,7 +37,7 @@ LOCATION = "/v1/videos/generations/{id}"
 
 def _pool(model: str | None, mode: str) -> ModelPool:
     """The served video model for `mode`; 422 if the model named cannot do that mode."""
-    pool = current().scheduler.pool("video", model, serves=lambda pl: video_mode(pl.model.info, mode))
+    pool = choose_pool(VIDEO, model, serves=lambda pl: video_mode(pl.model.info, mode))
     if mode == "t2v" and not video_mode(pool.model.info, "t2v"):
         raise problems.InvalidRequest(
             f"{pool.name} requires image conditioning. Use POST /v1/videos/generations/i2v (JSON with "
@@ -45,7 +46,6 @@ def _pool(model: str | None, mode: str) -> ModelPool:
         raise problems.InvalidRequest(
             f"{pool.name} is a text-to-video model and cannot take images; use POST /v1/videos/generations.")
     pool.check_ready()  # the gate checked the family; this checks the model chosen
-    note(model=pool.name)  # the request log names the model chosen, as scheduler.pool() does
     return pool
 
 

@@ -100,7 +100,7 @@ class SchedulerCollector(Collector):
             waiting.add_metric([name], len(pool.pending) + ahead)
             running.add_metric([name], on_device)
             depth.add_metric([name], len(pool.pending))
-            inflight.add_metric([name], sum(len(w.inflight) for w in pool.workers))
+            inflight.add_metric([name], sum(len(pool.calls_of(w).inflight) for w in pool.workers))
             current = pool.state()
             for state in ModelState:
                 model_state.add_metric([name, state.value], 1.0 if state is current else 0.0)
@@ -115,6 +115,7 @@ class SchedulerCollector(Collector):
 def queued_and_running(pool: Any) -> tuple[int, int]:
     """(requests sent ahead to a busy worker but not started, requests on the devices), read
     from the pool's workers without changing them."""
-    ahead = sum(len(tickets) for w in pool.workers for _call_id, tickets in w.calls_ahead)
-    held = sum(len(w.inflight) for w in pool.workers)
+    sent = [pool.calls_of(w) for w in pool.workers]
+    ahead = sum(len(tickets) for c in sent for _call_id, tickets in c.calls_ahead)
+    held = sum(len(c.inflight) for c in sent)
     return ahead, held - ahead

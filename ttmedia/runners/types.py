@@ -321,16 +321,25 @@ Result: TypeAlias = (Completion | ImageResult | EncodedImage | EmbeddingResult |
                      | Speech | VideoResult | TrainingResult)
 Chunk: TypeAlias = TokenChunk | Segment | Progress | TrainingEvent
 
+# --- the families ---------------------------------------------------------------------------------
+
+#: A model family's one name: the spec's `x-ttmedia-family`, FAMILY_ROUTES (runners/catalog.py),
+#: ModelInfo.family, a runner's `family` and the handlers all spell it with these
+#: (tests/test_families.py holds the spec to them). Spec tags and runner modules name what
+#: clients and authors see ("speech" routes, sim/tts.py); the family is the one internal word.
+LLM, IMAGE, EMBEDDING, CNN = "llm", "image", "embedding", "cnn"
+AUDIO, TTS, VIDEO, TRAINING = "audio", "tts", "video", "training"
+
 #: Family → (request type, result type). The result type also marks the end of a stream.
 FAMILIES: dict[str, tuple[type, type]] = {
-    "llm": (LLMRequest, Completion),
-    "image": (ImageRequest, ImageResult),
-    "embedding": (EmbeddingRequest, EmbeddingResult),
-    "cnn": (ClassifyRequest, Classification),
-    "audio": (TranscriptionRequest, Transcription),
-    "tts": (SpeechRequest, Speech),
-    "video": (VideoRequest, VideoResult),
-    "training": (TrainingRequest, TrainingResult),
+    LLM: (LLMRequest, Completion),
+    IMAGE: (ImageRequest, ImageResult),
+    EMBEDDING: (EmbeddingRequest, EmbeddingResult),
+    CNN: (ClassifyRequest, Classification),
+    AUDIO: (TranscriptionRequest, Transcription),
+    TTS: (SpeechRequest, Speech),
+    VIDEO: (VideoRequest, VideoResult),
+    TRAINING: (TrainingRequest, TrainingResult),
 }
 
 FINAL_TYPES: tuple[type, ...] = tuple(result for _, result in FAMILIES.values())

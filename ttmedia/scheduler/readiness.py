@@ -30,7 +30,7 @@ class ModelState(str, enum.Enum):
 
     @property
     def reason(self) -> str:
-        """The 503 reason for a state that does not serve."""
+        """Why a state does not serve (errors.READINESS_REASONS)."""
         return {
             ModelState.STARTING: "warming_up",
             ModelState.WARMING: "warming_up",

@@ -40,7 +40,7 @@ _DONE = object()
 
 
 class RunnerBug(Exception):
-    """The runner broke the SDK's contract (wrong result type or count): a 500 that says why."""
+    """The runner broke the SDK's contract (wrong result type or count): an internal error that says why."""
 
 
 class Worker:

@@ -50,7 +50,9 @@ from ttmedia.observability.logs import configure_logging, write_through
 from ttmedia.web.requestlog import RequestMiddleware
 from ttmedia.web.routing import AllowedMethods, ConcretePathsFirst
 from ttmedia.web.runtime import Runtime
+from ttmedia.web.scheduler_problems import as_problem
 from ttmedia.scheduler.devices import ConfigError
+from ttmedia.scheduler.errors import SchedulerError
 from ttmedia.scheduler.readiness import WorkerState
 from ttmedia.scheduler.worker import EARLY_LAUNCH
 from ttmedia.web.security import BindRefused, check_bind_allowed
@@ -167,6 +169,9 @@ def _install_error_handlers(app: AsyncApp, spec: dict[str, Any]) -> None:
             log.error("%r", exc)
         return _render(exc)
 
+    def on_scheduler_error(req: ConnexionRequest, exc: SchedulerError) -> ConnexionResponse:
+        return on_problem(req, as_problem(exc))
+
     def on_bad_request(_req: ConnexionRequest, exc: BadRequestProblem) -> ConnexionResponse:
         return _render(problems.InvalidRequest(str(exc.detail)))
 
@@ -205,6 +210,7 @@ def _install_error_handlers(app: AsyncApp, spec: dict[str, Any]) -> None:
         return _render(problems.Internal("An unexpected error occurred; it has been logged."))
 
     app.add_error_handler(problems.Problem, on_problem)
+    app.add_error_handler(SchedulerError, on_scheduler_error)
     app.add_error_handler(BadRequestProblem, on_bad_request)
     app.add_error_handler(OAuthProblem, on_unauthorized)
     app.add_error_handler(UnsupportedMediaTypeProblem, on_media_type)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import datetime as dt
 from email.utils import format_datetime
+from urllib.parse import quote
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -54,7 +55,10 @@ class DeprecationHeaders:
         if not is_legacy(path):
             await self.app(scope, receive, send)
             return
-        link = (b"link", f'<{successor(path)}>; rel="successor-version"'.encode("latin-1", "replace"))
+        # Percent-encoded: the path is decoded, and a control character in a header value makes
+        # the server drop the connection instead of answering (a fuzzed path found it).
+        target = quote(successor(path), safe="/:@!$&'()*+,;=-._~")
+        link = (b"link", f'<{target}>; rel="successor-version"'.encode("ascii"))
 
         async def marked(message: Message) -> None:
             if message["type"] == "http.response.start":

@@ -12,10 +12,12 @@ from typing import Any
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from ttmedia.web import problems
 from ttmedia.internals.connexion import record_operation_id
+from ttmedia.scheduler.errors import SchedulerError
+from ttmedia.web import problems
 from ttmedia.web.routing import operation_of
 from ttmedia.web.runtime import Runtime
+from ttmedia.web.scheduler_problems import as_problem
 from ttmedia.web.security import header_authorized
 
 #: scope["extensions"] key: the early gate found this family serving; the gate need not ask again.
@@ -42,7 +44,10 @@ class ReadinessGate:
         if scope["type"] == "http":
             family = self.families.get(operation_of(scope))
             if family is not None and scope.get("extensions", {}).get(GATED) != family:
-                self.runtime.scheduler.gate(family)
+                try:
+                    self.runtime.scheduler.gate(family)
+                except SchedulerError as refused:
+                    raise as_problem(refused) from None
         await self.app(scope, receive, send)
 
 
@@ -102,8 +107,8 @@ class EarlyGate:
         answer: problems.Problem | None = None
         try:
             self.runtime.scheduler.gate(family)
-        except problems.Problem as problem:
-            answer = problem
+        except SchedulerError as refused:
+            answer = as_problem(refused)
         self._answers[family] = (states, now, answer)
         return answer
 
