@@ -98,6 +98,7 @@ async def get_liveness() -> Response:
     if body["model_ready"]:
         return json_response(body)
     not_serving = [pl for pl in scheduler.pools.values() if not pl.state().serving]
+    problem: problems.Problem
     if not not_serving:
         problem = problems.NotReady("No model is served yet.", reason="warming_up", retry_after=1)
     else:
