@@ -1,6 +1,6 @@
 """Fine-tuning jobs (upstream training service at /v1): catalog, jobs, metrics, logs, checkpoints.
 
-Every /v1/jobs route is scoped by the organisation header (ttmedia.jobs.org): a job of another
+Every /v1/jobs route is scoped by the organisation header (ttmedia.web.organization): a job of another
 organisation does not exist for the caller (404, never 403, so ids do not leak).
 """
 
@@ -17,7 +17,7 @@ from ttmedia.handlers._jobs import create_job, file_response, get_or_404, open_a
 from ttmedia.web.responses import json_response
 from ttmedia.jobs.kinds import CHECKPOINT_DIR
 from ttmedia.jobs.models import CHECKPOINT_ID_RE, JobType
-from ttmedia.jobs.org import current_org
+from ttmedia.web.organization import current_org
 from ttmedia.runners.catalog import CATALOG
 from ttmedia.runners.types import TRAINING
 from ttmedia.web.runtime import current
