@@ -35,6 +35,7 @@ from typing import Any
 
 import yaml
 from connexion.middleware.swagger_ui import SwaggerUIMiddleware
+from ttmedia.web.spec_refs import resolve as _resolve
 
 log = logging.getLogger("ttmedia")
 
@@ -126,17 +127,6 @@ async def deployment_of(runtime: Any) -> tuple[Deployment, bool]:
 
 
 # --- narrowing --------------------------------------------------------------------------------------
-
-def _resolve(spec: dict[str, Any], node: Any) -> Any:
-    for _ in range(32):
-        if not (isinstance(node, dict) and isinstance(node.get("$ref"), str) and node["$ref"].startswith("#/")):
-            return node
-        target: Any = spec
-        for part in node["$ref"][2:].split("/"):
-            target = target[part.replace("~1", "/").replace("~0", "~")]
-        node = target
-    raise ValueError("a $ref cycle")
-
 
 def _object(spec: dict[str, Any], schema: Any) -> Schema:
     """A request body schema as one object schema: its $ref followed, an allOf of object
