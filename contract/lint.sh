@@ -3,6 +3,9 @@
 # against the ruleset contract/lint/redocly.yaml (exceptions: contract/lint/.redocly.lint-ignore.yaml).
 #   contract/lint.sh                 install the pinned tools if needed (npm ci), then lint
 #   contract/lint.sh --install-only  only install (used by the TypeScript SDK check)
+#   LINT_SPEC=contract/lint/served-openapi.yaml contract/lint.sh
+#                                    lint a deployment's served spec instead (tests/test_served_spec.py
+#                                    writes it there; its exceptions are listed under that name too)
 # node_modules is cached under contract/lint (gitignored); it is re-installed when the lock changes.
 set -euo pipefail
 cd "$(dirname "$0")/lint"
@@ -14,4 +17,6 @@ if [ ! -f node_modules/.package-lock.json ] || [ package-lock.json -nt node_modu
 fi
 [ "${1:-}" = "--install-only" ] && exit 0
 
-exec ./node_modules/.bin/redocly lint ../../openapi.yaml --config redocly.yaml --format=stylish "$@"
+spec=../../openapi.yaml
+[ -n "${LINT_SPEC:-}" ] && spec=$(realpath --relative-to=. "$OLDPWD/$LINT_SPEC" 2>/dev/null || realpath --relative-to=. "$LINT_SPEC")
+exec ./node_modules/.bin/redocly lint "$spec" --config redocly.yaml --format=stylish "$@"

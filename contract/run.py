@@ -11,10 +11,10 @@
            Injected runner *errors* are left out on purpose: a runner error is a genuine
            failure and a 500 by design.
 
-The runner starts uvicorn on a free 127.0.0.1 port in its own process group, waits for it
-(bounded), runs `st run` with contract/schemathesis.toml and contract/checks.py under a hard
-timeout, and always stops the server. Its exit code is Schemathesis's (0 pass, 1 failures,
-2 configuration or schema error), or:
+The runner starts uvicorn on a free 127.0.0.1 port in its own process group (by the harness in
+ttmedia/testing/harness.py), waits for it (bounded), runs `st run` with contract/schemathesis.toml
+and contract/checks.py under a hard timeout, and always stops the server. Its exit code is
+Schemathesis's (0 pass, 1 failures, 2 configuration or schema error), or:
 
   1  warming mode: a media operation did not answer 503 + Retry-After
   3  the server did not start or become ready in time
@@ -23,6 +23,7 @@ timeout, and always stops the server. Its exit code is Schemathesis's (0 pass, 1
 Examples:
   python -m contract.run --mode ready
   python -m contract.run --mode warming --max-examples 10 --seed 7
+  python -m contract.run --mode ready --spec general     # openapi.yaml as written
   python -m contract.run --mode ready -- --include-path /v1/completions   # extra `st run` args
 """
 
@@ -33,11 +34,8 @@ import json
 import os
 import secrets
 import shutil
-import signal
-import socket
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 import urllib.error
@@ -45,7 +43,9 @@ import urllib.parse
 import urllib.request
 import uuid
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any
+
+from ttmedia.testing.harness import ServerNotUp, start_server, stop_group, ttmedia_command
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIG = ROOT / "contract" / "schemathesis.toml"
@@ -79,19 +79,13 @@ def log(message: str) -> None:
 
 # --- the server ---------------------------------------------------------------------------------
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def server_env(mode: str, api_key: str) -> dict[str, str]:
     env = dict(os.environ)
     for name in ("API_KEYS", "NO_AUTH", "SIM_FAULTS", "SIM_WARMUP_SECONDS", "SIM_SPEED"):
         env.pop(name, None)
     env.update({"API_KEY": api_key, "VALIDATE_RESPONSES": "1", "PYTHONUNBUFFERED": "1"})
-    # Jobs the fuzzer creates go to a scratch DATA_DIR, not ./data (which one server locks).
-    env.setdefault("DATA_DIR", tempfile.mkdtemp(prefix="ttmedia-contract-data-"))
+    # Jobs the fuzzer creates go to a scratch DATA_DIR (the harness makes one and removes it
+    # afterwards), not ./data, which one server locks; a DATA_DIR in the environment is kept.
     # Every family, so every operation (job creation and its link chains included) is reached.
     env.setdefault("MODELS", CONTRACT_MODELS)
     if mode == "warming":
@@ -103,68 +97,6 @@ def server_env(mode: str, api_key: str) -> dict[str, str]:
     return env
 
 
-def start_server(port: int, env: dict[str, str], log_file: TextIO) -> subprocess.Popen[bytes]:
-    cmd = [sys.executable, "-m", "uvicorn", "ttmedia.app:create_app", "--factory",
-           "--host", "127.0.0.1", "--port", str(port)]
-    log(f"starting server: {' '.join(cmd)}")
-    # start_new_session: its own process group, so the device workers are stopped with it.
-    return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log_file, stderr=subprocess.STDOUT,
-                            stdin=subprocess.DEVNULL, start_new_session=True)
-
-
-def stop_process_group(proc: subprocess.Popen[Any], grace: float = 10.0, what: str = "server") -> None:
-    """SIGTERM to the process group, SIGKILL after `grace` seconds."""
-    try:
-        pgid = os.getpgid(proc.pid)
-    except ProcessLookupError:
-        pgid = None
-    if pgid is not None and proc.poll() is None:
-        log(f"stopping {what} (pid {proc.pid}, SIGTERM)")
-        try:
-            os.killpg(pgid, signal.SIGTERM)
-        except ProcessLookupError:
-            pass
-        try:
-            proc.wait(timeout=grace)
-        except subprocess.TimeoutExpired:
-            log(f"{what} did not stop within {grace:.0f} s, SIGKILL")
-    if pgid is not None:
-        # Also whatever the leader left behind in its group (device workers).
-        try:
-            os.killpg(pgid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
-    try:
-        proc.wait(timeout=5)
-    except subprocess.TimeoutExpired:
-        log(f"{what} (pid {proc.pid}) did not exit after SIGKILL")
-
-
-def http_get(url: str, timeout: float = 2.0) -> int:
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as resp:
-            return int(resp.status)
-    except urllib.error.HTTPError as exc:
-        return int(exc.code)
-    except (urllib.error.URLError, OSError):
-        return 0
-
-
-def wait_until(proc: subprocess.Popen[bytes], url: str, want: int, deadline_s: float) -> bool:
-    deadline = time.monotonic() + deadline_s
-    last = 0
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            log(f"server exited with {proc.returncode} before it was up")
-            return False
-        last = http_get(url)
-        if last == want:
-            return True
-        time.sleep(0.25)
-    log(f"gave up after {deadline_s:.0f} s waiting for {url} == {want} (last status {last or 'no answer'})")
-    return False
-
-
 # --- schemathesis -------------------------------------------------------------------------------
 
 def st_command(args: argparse.Namespace, base: str, report_dir: Path, extra: list[str]) -> list[str]:
@@ -172,7 +104,7 @@ def st_command(args: argparse.Namespace, base: str, report_dir: Path, extra: lis
     exe = [str(st)] if st.exists() else [shutil.which("st") or "st"]
     cmd = [
         *exe, "--config-file", str(CONFIG), "--no-color",
-        "run", f"{base}/openapi.json",
+        "run", f"{base}/openapi.json" + ("?contract=general" if args.spec == "general" else ""),
         "--checks", "all",
         "--phases", PHASES[args.mode],
         "--report", "junit,html",
@@ -208,7 +140,7 @@ def run_schemathesis(cmd: list[str], env: dict[str, str], timeout: float, log_pa
             code = proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
             log(f"schemathesis exceeded {timeout:.0f} s; killing it")
-            stop_process_group(proc, grace=5, what="schemathesis")
+            stop_group(proc, grace=5, group=True)
             code = EXIT_TIMEOUT
         reader.join(timeout=10)
     return code
@@ -402,6 +334,11 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
                              "then every media operation must answer 503 + Retry-After; "
                              "faults: ready-mode phases while workers crash and hang at random "
                              "(only 503/504 allowed as server-side answers)")
+    parser.add_argument("--spec", choices=("served", "general"), default="served",
+                        help="served (default): the deployment's narrowed spec (GET /openapi.json), whose "
+                             "valid requests must all be accepted; general: openapi.yaml as written "
+                             "(/openapi.json?contract=general), with contract/checks.py keeping positive "
+                             "cases within the model rules it cannot state")
     parser.add_argument("--max-examples", type=int, default=None, metavar="N",
                         help="test cases per operation (default: generation.max-examples in the config)")
     parser.add_argument("--seed", type=int, default=None, metavar="S",
@@ -421,31 +358,34 @@ def main(argv: list[str] | None = None) -> int:
     report_dir.mkdir(parents=True, exist_ok=True)
     api_key = secrets.token_urlsafe(24)
     env = server_env(args.mode, api_key)
-    port = free_port()
-    base = f"http://127.0.0.1:{port}"
     started = time.monotonic()
-    with open(report_dir / "server.log", "w", encoding="utf-8") as server_log:
-        server = start_server(port, env, server_log)
-        try:
-            probe = f"{base}/openapi.json" if args.mode == "warming" else f"{base}/health"
-            if not wait_until(server, probe, 200, args.startup_timeout):
-                server_log.flush()
-                tail = (report_dir / "server.log").read_text(encoding="utf-8", errors="replace")[-3000:]
-                log(f"server log ({report_dir / 'server.log'}), last lines:\n{tail}")
-                return EXIT_SERVER
-            log(f"server up at {base} after {time.monotonic() - started:.1f} s ({args.mode})")
-            st_env = {**env, "API_KEY": api_key}
-            code = run_schemathesis(st_command(args, base, report_dir, extra), st_env, args.timeout,
-                                    report_dir / "st.log")
-            log(f"schemathesis exit code {code}")
-            if args.mode == "warming" and code != EXIT_TIMEOUT:
-                failures = assert_media_not_ready(base, api_key)
-                for failure in failures:
-                    log(f"warming check failed: {failure}")
-                if failures and code == 0:
-                    code = 1
-        finally:
-            stop_process_group(server)
+    try:
+        # uvicorn on the app factory, in its own process group, so the device workers stop with it.
+        # Warming mode waits for "up": /health answers 503 until the models are ready, i.e. never.
+        server = start_server(ttmedia_command(factory=True), env=env, inherit_env=False, cwd=ROOT,
+                              wait="up" if args.mode == "warming" else "ready", timeout=args.startup_timeout,
+                              log=report_dir / "server.log", poll=0.25)
+    except ServerNotUp as exc:
+        log(str(exc))
+        return EXIT_SERVER
+    base = server.url
+    try:
+        log(f"server up at {base} (pid {server.pid}) after {time.monotonic() - started:.1f} s ({args.mode})")
+        st_env = {**env, "API_KEY": api_key}
+        code = run_schemathesis(st_command(args, base, report_dir, extra), st_env, args.timeout,
+                                report_dir / "st.log")
+        log(f"schemathesis exit code {code}")
+        if args.mode == "warming" and code != EXIT_TIMEOUT:
+            failures = assert_media_not_ready(base, api_key)
+            for failure in failures:
+                log(f"warming check failed: {failure}")
+            if failures and code == 0:
+                code = 1
+    finally:
+        log(f"stopping server (pid {server.pid}, SIGTERM to its group)")
+        server.stop(grace=10, group=True)
+        if server.returncode is None or server.left_behind:
+            log(f"server stop: exit {server.returncode}, SIGKILLed leftovers {server.left_behind}")
     log(f"{args.mode}: exit {code} in {time.monotonic() - started:.1f} s; reports in {report_dir}")
     return code
 

@@ -31,6 +31,7 @@ def media_client() -> Iterator[Any]:
 def postgres() -> Iterator[Any]:
     """A throwaway PostgreSQL 16 (PyPI `pgserver`: bundled binaries, initdb in a temp directory),
     started once per session and stopped at its end."""
+    import shutil
     import tempfile
     import warnings
 
@@ -38,11 +39,13 @@ def postgres() -> Iterator[Any]:
         warnings.simplefilter("ignore")  # platformdirs: XDG_RUNTIME_DIR unset
         import pgserver
 
-        server = pgserver.get_server(tempfile.mkdtemp(prefix="ttmedia-pg-"), cleanup_mode="stop")
+        pgdata = tempfile.mkdtemp(prefix="ttmedia-pg-")
+        server = pgserver.get_server(pgdata, cleanup_mode="stop")
     try:
         yield server
     finally:
-        server.cleanup()
+        server.cleanup()  # stops PostgreSQL ("stop": pgserver leaves its data directory)
+        shutil.rmtree(pgdata, ignore_errors=True)
 
 
 @pytest.fixture

@@ -1,21 +1,13 @@
-"""Helpers for the route tests: problem assertions and small media fixtures made with ttmedia.media."""
+"""Helpers for the route tests: small media fixtures made with ttmedia.media (problem assertions:
+ttmedia.testing.assert_problem)."""
 
 from __future__ import annotations
 
 import base64
 import io
-from typing import Any
 
 import numpy as np
 from PIL import Image
-
-
-def assert_problem(response: Any, status: int, reason: str) -> dict[str, Any]:
-    assert response.status_code == status, response.text
-    assert response.headers["content-type"].startswith("application/problem+json")
-    body = response.json()
-    assert body["status"] == status and body["reason"] == reason and isinstance(body["detail"], str)
-    return body
 
 
 def png_bytes(width: int = 96, height: int = 64, colour: tuple[int, int, int] = (200, 40, 40)) -> bytes:

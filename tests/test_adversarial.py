@@ -19,6 +19,7 @@ import httpx
 import pytest
 
 from tests.helpers import LiveServer, live_server, wait_until
+from ttmedia.testing import metric_value
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -303,17 +304,17 @@ def test_one_auth_decision_warming_or_ready() -> None:
 
 @pytest.mark.parametrize("cli", [True, False], ids=["serve", "uvicorn-factory"])
 def test_no_pymp_directory_is_left_in_tmpdir(cli: bool) -> None:
-    tmpdir = tempfile.mkdtemp(prefix="ttmedia-tmpdir-")
-    with live_server({"MODELS": "Qwen3-8B", "TMPDIR": tmpdir}, cli=cli) as live:
+    # A short TMPDIR, not pytest's tmp_path: the forkserver's socket lives in it (AF_UNIX: 108 bytes).
+    with tempfile.TemporaryDirectory(prefix="ttmedia-tmpdir-") as tmpdir, \
+            live_server({"MODELS": "Qwen3-8B", "TMPDIR": tmpdir}, cli=cli) as live:
         assert [p for p in os.listdir(tmpdir) if p.startswith("pymp-")], "the forkserver's directory is where?"
         assert live.stop(signal.SIGTERM) in (0, -signal.SIGTERM)
-    assert os.listdir(tmpdir) == []
+        assert os.listdir(tmpdir) == []
 
 
 def test_loop_lag_is_measured_and_livez_reports_it(server: LiveServer) -> None:
     livez = httpx.get(server.url + "/livez", timeout=30).json()
     assert livez["live"] is True and 0 <= livez["event_loop_lag_seconds"] < 5
     metrics = httpx.get(server.url + "/metrics", timeout=30).text
-    count = next(float(line.split()[-1]) for line in metrics.splitlines()
-                 if line.startswith("ttmedia_event_loop_lag_seconds_count"))
-    assert count > 0
+    count = metric_value(metrics, "ttmedia_event_loop_lag_seconds_count")
+    assert count is not None and count > 0

@@ -73,18 +73,24 @@ def client() -> Iterator[Any]:
         yield c
 
 
-def test_served_spec_is_the_file(client: Any) -> None:
-    as_yaml = client.get("/openapi.yaml")
+def test_general_contract_is_the_file(client: Any) -> None:
+    """`?contract=general` is the file byte for byte; without it, the deployment's narrowing
+    (tests/test_served_spec.py)."""
+    general = {"contract": "general"}
+    as_yaml = client.get("/openapi.yaml", params=general)
     assert as_yaml.status_code == 200
     assert as_yaml.headers["content-type"].startswith("application/yaml")
     assert as_yaml.content == SPEC_FILE.read_bytes()
-    as_json = client.get("/openapi.json")
+    as_json = client.get("/openapi.json", params=general)
     assert as_json.status_code == 200
     assert as_json.headers["content-type"].startswith("application/json")
     assert as_json.json() == SPEC
-    head = client.head("/openapi.yaml")
+    head = client.head("/openapi.yaml", params=general)
     assert head.status_code == 200 and head.content == b""
     assert int(head.headers["content-length"]) == len(SPEC_FILE.read_bytes())
+    served = client.get("/openapi.json")
+    assert served.status_code == 200 and served.json()["info"]["x-ttmedia-deployment"]["models"]
+    assert client.head("/openapi.json").headers["content-length"] == str(len(served.content))
 
 
 def test_swagger_ui_loads_the_served_spec(client: Any) -> None:

@@ -14,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import json
 import socket
-import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -22,11 +21,11 @@ from typing import Any
 
 import httpx
 import pytest
-import uvicorn
 
-from tests.helpers import FAST, LiveServer, free_port, live_server, wait_until
-from ttmedia.app import create_app
+from tests.helpers import FAST, LiveServer, live_server, wait_until
+from ttmedia.web.app import create_app
 from ttmedia.settings import Settings
+from ttmedia.testing import metric_value, serve_in_thread
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -35,13 +34,8 @@ LLM = "Qwen3-8B"
 
 
 def _metric(server_url: str, name: str, **labels: str) -> float:
-    """Sum of the samples of `name` whose labels include `labels` (in any order)."""
-    text = httpx.get(server_url + "/metrics", timeout=10).text
-    total = 0.0
-    for line in text.splitlines():
-        if line.startswith(name + "{") and all(f'{k}="{v}"' in line for k, v in labels.items()):
-            total += float(line.rsplit(" ", 1)[1])
-    return total
+    """Sum of the samples of `name` whose labels include `labels`; 0 before the first one."""
+    return metric_value(httpx.get(server_url + "/metrics", timeout=10).text, name, **labels) or 0.0
 
 
 def _queue_size(server: LiveServer, model: str) -> int:
@@ -94,28 +88,12 @@ def test_queued_request_of_a_disconnected_client_is_never_dispatched(capsys: Any
 @contextlib.contextmanager
 def inprocess_server(**overrides: Any) -> Iterator[tuple[Any, str]]:
     """uvicorn on a thread of this process, so the test can reach the app's scheduler."""
-    settings = Settings(**{**FAST, "validate_responses": False, "data_dir": tempfile.mkdtemp(prefix="ttmedia-data-"),
-                           **overrides})
-    app = create_app(settings)
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on"))
-    thread = threading.Thread(target=server.run, name="uvicorn-inprocess", daemon=True)
-    thread.start()
-    url = f"http://127.0.0.1:{port}"
+    def make_app(data_dir: str) -> Any:
+        settings = {**FAST, "validate_responses": False, "data_dir": data_dir, **overrides}
+        return create_app(Settings(**settings))
 
-    def ready() -> bool:
-        try:
-            return httpx.get(url + "/health", timeout=2).status_code == 200
-        except httpx.HTTPError:
-            return False
-
-    try:
-        assert wait_until(ready, 60, 0.1), "in-process server did not become ready"
-        yield app, url
-    finally:
-        server.should_exit = True
-        thread.join(30)
-        assert not thread.is_alive(), "in-process server did not stop"
+    with serve_in_thread(make_app) as server:
+        yield server.app, server.url
 
 
 # --- (a') a call sent ahead to a busy worker is dropped when its client leaves ---------------------------
@@ -128,6 +106,7 @@ def test_call_ahead_of_a_disconnected_client_is_dropped_by_the_worker() -> None:
     with inprocess_server(models=f"{EMBEDDING}@(0)", sim_speed=60.0) as (app, url):
         pool = app.runtime.scheduler.pools[EMBEDDING]
         worker = pool.workers[0]
+        sent = pool.calls_of(worker)  # what the pool has handed that worker
         answered: list[str] = []  # request ids the worker sent results for
         original = pool.on_result
 
@@ -141,19 +120,19 @@ def test_call_ahead_of_a_disconnected_client_is_dropped_by_the_worker() -> None:
         holder = threading.Thread(target=lambda: httpx.post(url + "/v1/embeddings", json=body, timeout=30),
                                   daemon=True)
         holder.start()
-        assert wait_until(lambda: worker.load == 1, 10)
+        assert wait_until(lambda: sent.load == 1, 10)
         sock = _raw_post(url, "/v1/embeddings", {"input": "left early"})
-        assert wait_until(lambda: len(worker.calls_ahead) == 1, 5), "never sent ahead"
+        assert wait_until(lambda: len(sent.calls_ahead) == 1, 5), "never sent ahead"
         assert not pool.pending  # it waits in the worker, not in the scheduler's queue
         liveness = httpx.get(url + "/tt-liveness", timeout=10).json()
         assert liveness["models"][EMBEDDING]["worker_info"][worker.worker_id]["calls_ahead"] == 1
-        dropped = worker.calls_ahead[0][1][0].id
+        dropped = sent.calls_ahead[0][1][0].id
         sock.close()
-        assert wait_until(lambda: not worker.calls_ahead, 5), "never dropped"
+        assert wait_until(lambda: not sent.calls_ahead, 5), "never dropped"
         holder.join(30)
         time.sleep(1.2)  # more than a call's device time: a result for it would be here by now
         assert len(answered) == 2 and dropped not in answered, answered
-        assert not worker.inflight and worker.load == 0
+        assert not sent.inflight and sent.load == 0
         assert httpx.post(url + "/v1/embeddings", json=body, timeout=30).status_code == 200
 
 
@@ -192,8 +171,8 @@ def test_disconnected_stream_stops_generating(path: str, body: dict[str, Any], c
         # A few tokens may already be in the pipe when the cancel lands; not a stream's worth.
         assert len(after_close) <= 10, after_close
         assert not after_close or max(after_close) < 1.0, after_close
-        worker = pool.workers[0]
-        assert not worker.inflight and worker.load == 0
+        sent = pool.calls_of(pool.workers[0])
+        assert not sent.inflight and sent.load == 0
         # The worker is free and serves the next request.
         r = httpx.post(url + "/v1/completions", json={"prompt": "next", "max_tokens": 4}, timeout=30)
         assert r.status_code == 200

@@ -375,7 +375,7 @@ def test_sigterm_under_load_after_a_restart_leaves_no_process_behind(capsys: Any
         assert wait_until(lambda: sum(w["in_flight"] for m in ("Qwen3-8B", IMAGE)
                                       for w in liveness(server, m)["worker_info"].values()) >= 3, 15)
         started = time.monotonic()
-        code = server.stop(signal.SIGTERM, timeout=30)
+        code = server.stop(signal.SIGTERM, grace=30)
         exit_s = time.monotonic() - started
         for t in threads:
             t.join(CLIENT_TIMEOUT + 5)

@@ -7,16 +7,14 @@ from __future__ import annotations
 import threading
 from typing import Any
 
-from helpers import app_client, wait_until
+from tests.helpers import app_client, wait_until
+from ttmedia.testing import metric_value
 
 SDXL = "stable-diffusion-xl-base-1.0"
 
 
 def gauge(text: str, name: str, model: str) -> float | None:
-    for line in text.splitlines():
-        if line.startswith(f'{name}{{model_name="{model}"}}'):
-            return float(line.rsplit(" ", 1)[1])
-    return None
+    return metric_value(text, name, model_name=model)
 
 
 def test_waiting_and_running_follow_the_scheduler() -> None:

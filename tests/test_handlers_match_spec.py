@@ -16,8 +16,9 @@ import pytest
 import yaml
 
 import ttmedia.handlers
-from ttmedia import problems, stubs
-from ttmedia.app import load_spec
+from ttmedia import stubs
+from ttmedia.web import problems
+from ttmedia.web.app import load_spec
 
 SPEC = load_spec()
 OPERATIONS = stubs.operations(SPEC)
@@ -192,7 +193,7 @@ def test_stub_generator_on_a_scratch_package(tmp_path: Path, capsys: pytest.Capt
     assert cli("--check") == 0, "after generating, nothing is missing"
     system_text = (package / "system.py").read_text()
     assert 'async def get_health() -> Response:\n    return Response(b"{}")\n' in system_text
-    assert "from ttmedia import problems\n" in system_text  # the missing import was added
+    assert "from ttmedia.web import problems\n" in system_text  # the missing import was added
 
     widgets = _load(package / "widgets.py", "scratch_widgets")
     system = _load(package / "system.py", "scratch_system")

@@ -13,14 +13,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ttmedia import logs
-from ttmedia.listen import url_of
-from ttmedia.looplag import INTERVAL_S, LoopLag
+from ttmedia.observability import logs
+from ttmedia.web.listen import url_of
+from ttmedia.observability.looplag import INTERVAL_S, LoopLag
 from ttmedia.media import audio, images
-from ttmedia.problems import MalformedBody
-from ttmedia.security import BindRefused, bearer_token, check_bind_allowed, header_authorized
+from ttmedia.web.problems import MalformedBody
+from ttmedia.web.security import BindRefused, bearer_token, check_bind_allowed, header_authorized
 from ttmedia.settings import Settings, SettingsError, load_settings
-from ttmedia.validation import MAX_JSON_DEPTH, json_depth, parse_json
+from ttmedia.web.validation import MAX_JSON_DEPTH, json_depth, parse_json
 
 
 @pytest.mark.parametrize(("env", "line"), [

@@ -4,11 +4,12 @@ devices are unaffected, and the same server serves jobs again once the database 
 
 from __future__ import annotations
 
+import shutil
 import tempfile
 import warnings
 from typing import Any
 
-from helpers import app_client, wait_until
+from tests.helpers import app_client, wait_until
 
 T2V = "Wan2.2-T2V-A14B-Diffusers"
 UNKNOWN = "3f2b8c1e-4d5a-4b6c-8d7e-9f0a1b2c3d4e"
@@ -57,3 +58,4 @@ def test_job_routes_answer_503_while_postgresql_is_down_then_recover() -> None:
                               == "completed", 30)
     finally:
         server.cleanup()
+        shutil.rmtree(pgdata, ignore_errors=True)

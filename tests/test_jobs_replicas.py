@@ -6,11 +6,8 @@ fleet-wide. The tests run in file order: the kill comes last."""
 
 from __future__ import annotations
 
-import contextlib
 import os
 import signal
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -20,9 +17,10 @@ from typing import Any
 import httpx
 import psycopg
 import pytest
-from helpers import LiveServer, free_port, wait_until
 
+from tests.helpers import LiveServer, wait_until
 from ttmedia.media.video import probe_mp4
+from ttmedia.testing import start_server, ttmedia_command
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -61,22 +59,15 @@ def fleet(postgres: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[F
     procs: list[LiveServer] = []
     try:
         for index in range(3):  # started together: they migrate the empty database at once
-            port = free_port()
-            env = {**os.environ, "JOB_STORE_URL": url, "ARTIFACT_DIR": str(artifacts),
+            env = {"JOB_STORE_URL": url, "ARTIFACT_DIR": str(artifacts),
                    "DATA_DIR": str(tmp_path_factory.mktemp(f"data{index}")), "REPLICA_ID": f"replica-{index}",
                    "MODELS": f"{T2V}@(0),(1);{TRAINER}@(2)", "SIM_SPEED": "0.25", "SIM_WARMUP_SECONDS": "0",
                    "SIM_VIDEO_FRAMES": str(FRAMES), "SIM_VIDEO_WIDTH": "64", "SIM_VIDEO_HEIGHT": "48",
                    "JOB_LEASE_SECONDS": str(LEASE_S), "LOG_LEVEL": "warning", "VALIDATE_RESPONSES": "1"}
-            proc = subprocess.Popen([sys.executable, "-m", "ttmedia", "serve", "--host", "127.0.0.1",
-                                     "--port", str(port), "--log-level", "warning"], env=env, start_new_session=True)
-            procs.append(LiveServer(proc, f"http://127.0.0.1:{port}"))
-
-        def ready(server: LiveServer) -> bool:
-            with contextlib.suppress(httpx.HTTPError):
-                return httpx.get(server.url + "/health", timeout=2).status_code == 200
-            return False
-
-        assert wait_until(lambda: all(ready(s) for s in procs), 90, 0.2), "replicas did not come up"
+            procs.append(start_server(ttmedia_command("--log-level", "warning"), env=env, wait="none",
+                                      log="inherit"))
+        for server in procs:
+            server.wait("ready", 90, poll=0.2)
         fleet = Fleet(procs, url, artifacts)
         yield fleet
         for c in fleet.clients:
@@ -134,7 +125,7 @@ def test_any_replica_answers_any_job_and_nothing_runs_twice(fleet: Fleet) -> Non
     first = [c.get(f"/v1/videos/generations/{ids[0]}/download").content for c in fleet.clients]
     assert first[0] == first[1] == first[2]
     for client in fleet.clients:
-        listed = {j["id"] for j in client.get("/v1/videos/jobs", params={"limit": 100}).json()["data"]}
+        listed = {j["id"] for j in client.get("/v1/videos/jobs", params={"limit": 100}).json()}
         assert set(ids) <= listed
 
 

@@ -11,8 +11,8 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from helpers import app_client, live_server, wait_until
 
+from tests.helpers import app_client, live_server, wait_until
 from ttmedia.jobs.kinds import VIDEO_FILE
 from ttmedia.jobs.manager import JobManager
 from ttmedia.jobs.models import Job, JobStatus, JobType, new_job_id

@@ -19,9 +19,9 @@ from pathlib import Path
 
 import httpx
 import pytest
-from helpers import app_client, live_server, wait_until
 from PIL import Image
 
+from tests.helpers import app_client, live_server, wait_until
 from ttmedia.media.video import probe_mp4
 
 T2V, I2V = "Wan2.2-T2V-A14B-Diffusers", "Wan2.2-I2V-A14B-Diffusers"

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import socket
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -46,8 +45,8 @@ def _lines(path: Path) -> list[str]:
     return [line for line in path.read_text().splitlines() if line.strip()]
 
 
-def test_one_json_object_per_request_and_no_other_lines() -> None:
-    log_path = Path(tempfile.mkdtemp(prefix="ttmedia-log-")) / "server.log"
+def test_one_json_object_per_request_and_no_other_lines(tmp_path: Path) -> None:
+    log_path = tmp_path / "server.log"
     env = {"MODELS": "Qwen3-8B;resnet-50;whisper-large-v3~warmup=600", "LOG_LEVEL": "info", "LOG_FORMAT": "json"}
     sent: dict[str, int] = {}
     with open(log_path, "wb") as log, live_server(env, cli=True, wait_ready=False, stderr=log) as server:
@@ -106,8 +105,9 @@ def test_one_json_object_per_request_and_no_other_lines() -> None:
     ("errors", ["/health-503", "/v1/completions-422"], ["/livez-200", "/v1/completions-200"]),
     ("all", ["/livez-200", "/metrics-200", "/v1/completions-200"], []),
 ])
-def test_log_requests_drops_what_it_says(mode: str, logged: list[str], not_logged: list[str]) -> None:
-    log_path = Path(tempfile.mkdtemp(prefix="ttmedia-log-")) / "server.log"
+def test_log_requests_drops_what_it_says(mode: str, logged: list[str], not_logged: list[str],
+                                         tmp_path: Path) -> None:
+    log_path = tmp_path / "server.log"
     env = {"MODELS": "Qwen3-8B;bge-m3~warmup=600", "LOG_LEVEL": "info", "LOG_FORMAT": "json", "LOG_REQUESTS": mode}
     with open(log_path, "wb") as log, live_server(env, cli=True, wait_ready=False, stderr=log) as server:
         assert wait_until(lambda: _ready(server.url, "Qwen3-8B"), 60)
@@ -135,4 +135,4 @@ def test_a_stalled_stderr_does_not_stall_serving() -> None:
                 assert c.get("/livez", headers={"X-Request-ID": f"stall-{i}"}).status_code == 200
             assert c.post("/v1/completions", json={"prompt": "still here", "max_tokens": 2}).status_code == 200
         # Stopping waits for the log writer a bounded time, not for a reader that never comes.
-        assert server.stop(timeout=15) == 0
+        assert server.stop(grace=15) == 0

@@ -5,7 +5,8 @@ from __future__ import annotations
 from urllib.parse import quote
 
 import pytest
-from helpers import app_client, wait_until
+
+from tests.helpers import app_client, wait_until
 
 ORG = {"X-TT-Organization": "acme"}
 # Plain dot segments ("../") are resolved by the HTTP client before sending; the encoded forms

@@ -12,8 +12,9 @@ import yaml
 from kubernetes_validate import ValidationError, validate
 
 from tests.helpers import app_client, wait_until
-from ttmedia.app import load_spec
+from ttmedia.web.app import load_spec
 from ttmedia.settings import Settings
+from ttmedia.testing import metric_value
 
 ROOT = Path(__file__).resolve().parent.parent
 MANIFESTS = sorted((ROOT / "deploy" / "kubernetes").rglob("*.yaml"))
@@ -87,14 +88,6 @@ def test_every_response_carries_a_request_id_and_a_given_one_is_echoed():
         assert r.headers["x-request-id"] != "bad id\twith spaces"
 
 
-def _sample(text: str, name: str, **labels: str) -> float:
-    total = 0.0
-    for line in text.splitlines():
-        if line.startswith(name + "{") and all(f'{k}="{v}"' in line for k, v in labels.items()):
-            total += float(line.rsplit(" ", 1)[1])
-    return total
-
-
 def test_metrics_follow_requests_503s_and_restarts():
     with app_client(ready=False, models="Qwen3-8B~warmup=1") as c:
         c.post("/v1/completions", json={"prompt": "x"})  # 503 while warming
@@ -102,14 +95,14 @@ def test_metrics_follow_requests_503s_and_restarts():
         for _ in range(3):
             assert c.post("/v1/completions", json={"prompt": "x", "max_tokens": 2}).status_code == 200
         text = c.get("/metrics").text
-        assert _sample(text, "ttmedia_http_requests_total", operation="create_completion", status="200") == 3
-        assert _sample(text, "ttmedia_not_ready_responses_total", reason="warming_up") >= 1
-        assert _sample(text, "ttmedia_queue_wait_seconds_count", model="Qwen3-8B") == 3
-        assert _sample(text, "ttmedia_worker_warmup_duration_seconds_count", model="Qwen3-8B") == 1
-        assert _sample(text, "ttmedia_model_state", model="Qwen3-8B", state="ready") == 1
+        assert metric_value(text, "ttmedia_http_requests_total", operation="create_completion", status="200") == 3
+        assert metric_value(text, "ttmedia_not_ready_responses_total", reason="warming_up") >= 1
+        assert metric_value(text, "ttmedia_queue_wait_seconds_count", model="Qwen3-8B") == 3
+        assert metric_value(text, "ttmedia_worker_warmup_duration_seconds_count", model="Qwen3-8B") == 1
+        assert metric_value(text, "ttmedia_model_state", model="Qwen3-8B", state="ready") == 1
         pid = c.get("/tt-liveness").json()["worker_info"]["0"]["pid"]
         os.kill(pid, signal.SIGKILL)
-        assert wait_until(lambda: _sample(c.get("/metrics").text, "ttmedia_worker_restarts_total", model="Qwen3-8B") == 1)
+        assert wait_until(lambda: metric_value(c.get("/metrics").text, "ttmedia_worker_restarts_total", model="Qwen3-8B") == 1)
 
 
 def test_livez_stays_200_while_a_model_warms_and_health_is_503():

@@ -1,10 +1,13 @@
-"""The README's minimal runner, served exactly as written."""
+"""The README's minimal runner, served exactly as written, and the README's test of it, run as written."""
 
 from __future__ import annotations
 
 import math
+import os
 import re
+import tempfile
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -16,13 +19,17 @@ pytestmark = pytest.mark.timeout(120)
 README = Path(__file__).resolve().parent.parent / "README.md"
 
 
-def readme_runner() -> tuple[str, str]:
-    """(module path, source) of the README block that starts with `# my_runners/...`."""
+def readme_block(prefix: str) -> tuple[str, str]:
+    """(file path, source) of the README's python block whose first line is `# <prefix>...`."""
     for block in re.findall(r"```python\n(.*?)```", README.read_text(encoding="utf-8"), re.S):
         first = block.splitlines()[0]
-        if first.startswith("# my_runners/"):
+        if first.startswith("# " + prefix):
             return first[2:].strip(), block
-    raise AssertionError("README has no runner example")
+    raise AssertionError(f"README has no python block for {prefix}")
+
+
+def readme_runner() -> tuple[str, str]:
+    return readme_block("my_runners/")
 
 
 def cosine(a: list[float], b: list[float]) -> float:
@@ -46,3 +53,28 @@ def test_the_readme_runner_serves_embeddings(tmp_path: Path) -> None:
         assert bad.status_code == 422 and "empty input" in bad.json()["detail"]
         listed = httpx.get(server.url + "/v1/models", timeout=10).json()["data"]
         assert listed[0]["runner_target"] == "my_runners.hashing:HashingEmbedder" and not listed[0]["simulated"]
+
+
+def test_the_readme_runner_test_passes_as_written(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # As the README says to run it: from the directory that holds my_runners/, nothing on PYTHONPATH.
+    runner_path, runner_source = readme_runner()
+    (tmp_path / runner_path).parent.mkdir(parents=True)
+    (tmp_path / runner_path).write_text(runner_source)
+    test_path, test_source = readme_block("tests/")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("PYTHONPATH", raising=False)
+    namespace: dict[str, Any] = {}
+    exec(compile(test_source, test_path, "exec"), namespace)  # noqa: S102 - the README's own code
+    tests = [f for name, f in namespace.items() if name.startswith("test_") and callable(f)]
+    assert len(tests) == 1
+    made: list[str] = []
+    mkdtemp = tempfile.mkdtemp
+
+    def recording_mkdtemp(*args: Any, **kwargs: Any) -> str:
+        made.append(mkdtemp(*args, **kwargs))
+        return made[-1]
+
+    monkeypatch.setattr(tempfile, "mkdtemp", recording_mkdtemp)
+    tests[0]()
+    # The harness made a scratch directory (DATA_DIR and log) and removed it when the server stopped.
+    assert made and not [d for d in made if os.path.exists(d)], made

@@ -7,8 +7,9 @@ import itertools
 import orjson
 import pytest
 
-from tests.routes_support import assert_problem, b64
+from tests.routes_support import b64
 from ttmedia.media import audio
+from ttmedia.testing import assert_problem
 
 SENTENCES = "Hello there. The queue is empty and the device is warm. Good night."
 

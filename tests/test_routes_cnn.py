@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import re
 
-from tests.routes_support import assert_problem, b64, png_bytes
+from tests.routes_support import b64, png_bytes
 from ttmedia.runners.sim.cnn import labels
+from ttmedia.testing import assert_problem
 
 RED = png_bytes(120, 90, (210, 30, 30))
 BLUE = png_bytes(120, 90, (30, 60, 220))

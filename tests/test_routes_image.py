@@ -8,7 +8,8 @@ import numpy as np
 from PIL import Image
 
 from tests.helpers import app_client, wait_until
-from tests.routes_support import assert_problem, b64, decode_b64_image, png_bytes
+from tests.routes_support import b64, decode_b64_image, png_bytes
+from ttmedia.testing import assert_problem
 
 SOURCE = b64(png_bytes(96, 64))
 

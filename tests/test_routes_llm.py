@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from tests.helpers import app_client
-from tests.routes_support import assert_problem
+from ttmedia.testing import assert_problem
 from ttmedia.runners.sim import tokenizer
 
 TEXT = "The Tensix core hums. Ünïcode, digits 42 and\ttabs\n\nround-trip!"
@@ -24,8 +24,13 @@ def test_out_of_vocabulary_and_wrong_model(media_client):
     assert_problem(media_client.post("/v1/detokenize", json={"tokens": [tokenizer.vocab_size()]}),
                    422, "invalid_request")
     assert_problem(media_client.post("/v1/detokenize", json={"tokens": [-1]}), 422, "invalid_request")
-    assert_problem(media_client.post("/v1/tokenize", json={"prompt": "x", "model": "bge-m3"}), 404, "model_not_found")
-    assert_problem(media_client.post("/v1/detokenize", json={"tokens": [1], "model": "nope"}), 404, "model_not_found")
+    # One LLM is served, so any model name reaches it (upstream's clients send "test").
+    r = media_client.post("/v1/tokenize", json={"prompt": "x", "model": "nope"})
+    assert r.status_code == 200, r.text
+    with app_client(models="Qwen3-8B;Llama-3.1-8B-Instruct") as two:
+        r = two.post("/v1/detokenize", json={"tokens": [1], "model": "nope"})
+        assert_problem(r, 404, "model_not_found")
+        assert "Qwen3-8B" in r.json()["detail"] and "Llama-3.1-8B-Instruct" in r.json()["detail"]
 
 
 def test_no_api_key_and_no_readiness_gate():

@@ -8,9 +8,10 @@ import wave
 
 import pytest
 
-from tests.routes_support import assert_problem, b64
+from tests.routes_support import b64
 from ttmedia.media import audio
 from ttmedia.media.errors import EncoderUnavailable
+from ttmedia.testing import assert_problem
 
 TEXT = "Hello from a Tensix core. The queue is empty."
 

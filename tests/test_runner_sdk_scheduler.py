@@ -73,8 +73,8 @@ def test_progress_from_a_plain_run_reaches_the_caller(tmp_path: Path) -> None:
 
 
 def test_siblings_of_a_failed_request_fail_with_its_problem_not_a_cancellation(tmp_path: Path) -> None:
-    from ttmedia import problems
     from ttmedia.runners.types import ImageRequest
+    from ttmedia.scheduler import errors
 
     async def body(pool: Any) -> None:
         # Seed 1 runs on one worker while seed 0 fails on the other: the caller waits on seed 1
@@ -82,11 +82,11 @@ def test_siblings_of_a_failed_request_fail_with_its_problem_not_a_cancellation(t
         requests = [ImageRequest("x", seed=i, width=8, height=8) for i in (1, 0, 2, 3)]
         try:
             await pool.submit_all(requests)
-        except problems.Internal as exc:
-            assert "diverged" in exc.detail
+        except errors.RunnerFailed as exc:
+            assert "diverged" in exc.message
         else:
             raise AssertionError("no failure")
         await asyncio.sleep(1.2)  # seed 1 finishes on its device; its answer is dropped
-        assert not pool.pending and not any(w.inflight for w in pool.workers)
+        assert not pool.pending and not any(pool.calls_of(w).inflight for w in pool.workers)
 
     run(body, f"img=tests.runner_fixtures:FailingImageRunner@(0),(1)~family=image~log_dir={tmp_path}")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from ttmedia.problems import NotReady, retry_after_header
+from ttmedia.web.problems import NotReady, retry_after_header
 from ttmedia.runners.faults import FaultPlan, FaultSyntaxError, parse_faults
 from ttmedia.runners.sim import tokenizer
 from ttmedia.scheduler.devices import ConfigError, parse_groups, served_models
@@ -105,7 +105,7 @@ def test_the_spec_is_still_checked_at_start_up_by_the_compiled_validator() -> No
     from connexion.exceptions import InvalidSpecification
     from connexion.spec import OpenAPISpecification, Specification
 
-    from ttmedia.app import compiled_spec_check, load_spec
+    from ttmedia.web.app import compiled_spec_check, load_spec
 
     with compiled_spec_check():
         Specification.load(copy.deepcopy(load_spec()))  # the shipped spec passes
@@ -119,7 +119,7 @@ def test_the_spec_is_still_checked_at_start_up_by_the_compiled_validator() -> No
 def test_response_validation_is_compiled_and_still_strict() -> None:
     from connexion.exceptions import NonConformingResponseBody
 
-    from ttmedia.validation import CompiledJSONResponseBodyValidator
+    from ttmedia.web.validation import CompiledJSONResponseBodyValidator
 
     schema = {"type": "object", "required": ["a"],
               "properties": {"a": {"type": "integer"}, "b": {"type": "string", "format": "date-time", "nullable": True}}}

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import atexit
 import json
 import os
 import sys
@@ -25,7 +24,7 @@ def _serve(args: argparse.Namespace) -> int:
     the worker modules while the settings, models, DATA_DIR's lock and the runner modules are
     checked (a failure there ends it again); the worker processes as soon as the models are
     known; the web stack last, while the devices warm up."""
-    from ttmedia.listen import ListenError, listen, url_of
+    from ttmedia.web.listen import ListenError, listen, url_of
     from ttmedia.startup import EXIT_CONFIG, EXIT_STARTUP, PROCESS, StartupFailed, describe, kill_children
 
     PROCESS.owned = True
@@ -52,7 +51,7 @@ def _serve(args: argparse.Namespace) -> int:
     try:
         from ttmedia.runners.faults import parse_faults
         from ttmedia.scheduler.devices import ConfigError, served_models
-        from ttmedia.security import BindRefused, check_bind_allowed
+        from ttmedia.web.security import BindRefused, check_bind_allowed
         from ttmedia.settings import SettingsError, load_settings
         from ttmedia.startup import check_data_dir, check_runners
 
@@ -77,7 +76,7 @@ def _serve(args: argparse.Namespace) -> int:
 
         launch_workers_early(settings, models)
 
-        from ttmedia.logs import configure_logging
+        from ttmedia.observability.logs import configure_logging
 
         configure_logging(settings.log_level, settings.log_format, server=True)
         try:
@@ -97,20 +96,20 @@ def _serve(args: argparse.Namespace) -> int:
 
 def _server(settings: Any, args: argparse.Namespace, models: list[Any], url: str) -> Any:
     """The uvicorn server for the app; the app is built here, with the settings read above."""
-    import contextlib
     import logging
 
     import uvicorn
 
-    from ttmedia.app import create_app
-    from ttmedia.httpguard import GuardedHttpToolsProtocol
-    from ttmedia.runtime import begin_drain
+    from ttmedia.web.app import create_app
+    from ttmedia.web.httpguard import GuardedHttpToolsProtocol
+    from ttmedia.internals.uvicorn import HookedServer
+    from ttmedia.web.runtime import begin_drain
 
     app = create_app(settings)
     config = uvicorn.Config(
         app,
         workers=1,  # the scheduler owns the devices: one server process per host
-        log_config=None,  # ours (ttmedia.logs); uvicorn's access log stays off
+        log_config=None,  # ours (ttmedia.observability.logs); uvicorn's access log stays off
         access_log=False,
         log_level=settings.log_level,
         http=GuardedHttpToolsProtocol,
@@ -119,25 +118,15 @@ def _server(settings: Any, args: argparse.Namespace, models: list[Any], url: str
         timeout_graceful_shutdown=int(settings.drain_grace_seconds) + 5,
     )
 
-    class DrainingServer(uvicorn.Server):
+    class DrainingServer(HookedServer):
         """On SIGTERM/SIGINT, models answer 503 `draining` at once, while uvicorn lets in-flight
         requests finish; the lifespan then stops the workers. The process then exits with code 0,
         instead of uvicorn raising the signal again (a KeyboardInterrupt traceback on Ctrl-C)."""
 
-        def handle_exit(self, sig: int, frame: object) -> None:
+        def on_exit_signal(self, sig: int) -> None:
             begin_drain()
-            super().handle_exit(sig, frame)  # type: ignore[arg-type]
 
-        @contextlib.contextmanager
-        def capture_signals(self) -> Any:
-            with super().capture_signals():
-                try:
-                    yield
-                finally:
-                    self._captured_signals.clear()
-
-        async def startup(self, sockets: Any = None) -> None:
-            await super().startup(sockets)  # the lifespan first: a failed one exits here
+        def after_startup(self) -> None:  # the lifespan first: a failed one exits before this
             logging.getLogger("ttmedia").info(
                 "serving %s on %s (Swagger UI at /ui/, spec at /openapi.yaml)",
                 ", ".join(m.name for m in models), url)
@@ -146,7 +135,7 @@ def _server(settings: Any, args: argparse.Namespace, models: list[Any], url: str
 
 
 def _spec(args: argparse.Namespace) -> int:
-    from ttmedia.app import load_spec, spec_path
+    from ttmedia.web.app import load_spec, spec_path
 
     if args.format == "yaml":
         sys.stdout.write(spec_path().read_text(encoding="utf-8"))
@@ -194,7 +183,9 @@ def main(argv: list[str] | None = None) -> int:
     # The server is done and every child is gone: run the exit handlers (logs, multiprocessing's
     # temp directory), then leave without tearing down the interpreter's modules one by one,
     # which takes the better part of a second on a busy machine.
-    atexit._run_exitfuncs()
+    from ttmedia.internals.stdlib import run_exit_handlers
+
+    run_exit_handlers()
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)

@@ -41,6 +41,9 @@ class Settings(BaseSettings):
     device_ids: str = Field(default="", description='Device groups for MODEL, e.g. "(0),(1)".')
     served_model_name: str = Field(default="", description="Upstream: overrides the id of the single MODEL.")
     model_runner: str = Field(default="", description="Upstream: the runner of the single MODEL (a name or module:Class).")
+    strict_model_names: bool = Field(
+        default=False, description="`model` must be a served name or Hugging Face id exactly; no case folding, "
+        "no single-candidate fallback.")
 
     # --- scheduler ------------------------------------------------------------------------------
     max_batch_size: int = Field(default=1, ge=1, le=256)
@@ -87,6 +90,18 @@ class Settings(BaseSettings):
                                      description="Longest audio accepted, from its header, before decoding.")
     log_level: LogLevel = Field(default="info")
     log_requests: LogRequests = Field(default="all")
+    media_url_allowed_domains: str = Field(
+        default="", description="Hosts image URLs may be fetched from (comma-separated; *.example.com for its "
+        "subdomains). Empty: image URLs are refused.")
+    media_url_allowed_networks: str = Field(
+        default="", description="CIDRs fetched from although internal (loopback, private, link-local); "
+        "empty: none.")
+    media_url_max_bytes: int = Field(default=10 * 1024 * 1024, ge=1, description="Largest fetched image; 413 above.")
+    media_url_timeout_seconds: float = Field(default=10.0, gt=0, description="Whole fetch, redirects included.")
+    media_url_max_redirects: int = Field(default=3, ge=0, le=20)
+    legacy_routes_sunset: str = Field(
+        default="2026-06-30", pattern=r"^\d{4}-\d{2}-\d{2}$",
+        description="Sunset date announced on upstream's unversioned routes (upstream's own date).")
 
     # --- long-running jobs (video, fine-tuning) --------------------------------------------------
     data_dir: str = Field(default="./data", description="Jobs database (jobs.db) and job outputs.")
@@ -196,7 +211,7 @@ def _accepted(name: str, error: Any) -> str:
         return "one of: " + ", ".join(map(str, typing.get_args(annotation)))
     if annotation is bool:
         return "a boolean (1 or 0, true or false, yes or no)"
-    kind = {int: "an integer", float: "a number"}.get(annotation)  # type: ignore[call-overload]
+    kind = {int: "an integer", float: "a number"}.get(annotation)  # type: ignore[arg-type]
     if kind is None:
         return str(error["msg"]).lower()
     bounds = []

@@ -7,12 +7,9 @@ worker processes that cannot be started), as uvicorn's own start-up failures.
 
 from __future__ import annotations
 
-import contextlib
 import importlib.util
 import logging
 import multiprocessing
-import os
-import signal
 import traceback
 from typing import TYPE_CHECKING, Any
 
@@ -146,27 +143,15 @@ def release_process() -> None:
     directory (pymp-*, it holds the forkserver's socket) now. Both would go at the
     interpreter's exit, but uvicorn ends the process with the signal it caught (SIGTERM), which
     skips exit handlers and left a pymp-* directory behind for every server start."""
-    from multiprocessing import util
+    from ttmedia.internals.multiprocessing import remove_temp_dir_now
 
     _stop_forkserver()
-    for finalizer in list(util._finalizer_registry.values()):  # type: ignore[attr-defined]
-        if getattr(finalizer, "_callback", None) is util._remove_temp_dir:  # type: ignore[attr-defined]
-            finalizer()  # runs once and unregisters itself
+    remove_temp_dir_now()
 
 
 def _stop_forkserver() -> None:
     """The forkserver leaves by itself when this process exits, but only once it is done
     importing the worker modules (a second or more): end it now, so no process outlives us."""
-    from multiprocessing import forkserver
+    from ttmedia.internals.multiprocessing import stop_forkserver
 
-    server = forkserver._forkserver  # type: ignore[attr-defined]  # the module's own singleton
-    with server._lock:  # held while it is being started
-        pid = server._forkserver_pid
-        if pid is None:
-            return
-        with contextlib.suppress(OSError):
-            os.kill(pid, signal.SIGKILL)
-            os.waitpid(pid, 0)
-        with contextlib.suppress(OSError):
-            os.close(server._forkserver_alive_fd)
-        server._forkserver_pid = server._forkserver_alive_fd = server._forkserver_address = None
+    stop_forkserver()

@@ -25,6 +25,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from ttmedia.web.spec_refs import resolve
 
 HTTP_METHODS = ("get", "put", "post", "delete", "patch", "options", "head", "trace")
 HANDLERS_PACKAGE = "ttmedia.handlers"
@@ -81,17 +82,6 @@ class Stub:
 
 
 # --- reading the spec ---------------------------------------------------------------------------
-
-def resolve(spec: dict[str, Any], node: Any) -> Any:
-    for _ in range(32):
-        if not (isinstance(node, dict) and isinstance(node.get("$ref"), str) and node["$ref"].startswith("#/")):
-            return node
-        target: Any = spec
-        for part in node["$ref"][2:].split("/"):
-            target = target[part.replace("~1", "/").replace("~0", "~")]
-        node = target
-    raise ValueError("a $ref cycle")
-
 
 def python_name(name: str) -> str:
     """The keyword Connexion passes a parameter as (connexion.decorators.parameter.sanitized)."""
@@ -228,7 +218,7 @@ IMPORTS = {
     "Any": "from typing import Any",
     "UploadFile": "from starlette.datastructures import UploadFile",
     "Response": "from starlette.responses import Response",
-    "problems": "from ttmedia import problems",
+    "problems": "from ttmedia.web import problems",
 }
 
 
@@ -309,7 +299,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import yaml
 
-    from ttmedia.app import spec_path
+    from ttmedia.web.app import spec_path
 
     spec_file = args.spec or spec_path()
     package_dir = args.package_dir or Path(__file__).resolve().parent / "handlers"

@@ -12,12 +12,12 @@ import orjson
 from connexion import request
 from starlette.responses import Response, StreamingResponse
 
-from ttmedia import problems
-from ttmedia.http import json_response
+from ttmedia.web import problems
+from ttmedia.web.responses import json_response
 from ttmedia.jobs.artifacts import ArtifactReader
 from ttmedia.jobs.models import Job, JobType, new_job_id
 from ttmedia.jobs.store import UnknownCursor
-from ttmedia.runtime import current
+from ttmedia.web.runtime import current
 
 
 def request_hash(*parts: Any) -> str:
@@ -29,14 +29,21 @@ def request_hash(*parts: Any) -> str:
     return digest.hexdigest()
 
 
-async def create_job(job_type: JobType, model: str, params: dict[str, Any], payload: dict[str, Any], digest: str,
-                     status: int, location: str, inputs: list[bytes] | None = None, org_id: str = "") -> Response:
-    """Persist a queued job and answer with it; a repeated Idempotency-Key answers the original."""
+async def save_job(job_type: JobType, model: str, params: dict[str, Any], payload: dict[str, Any], digest: str,
+                   inputs: list[bytes] | None = None, org_id: str = "") -> Job:
+    """Persist a queued job; a repeated Idempotency-Key gives the original (409 with another body)."""
     key = (request.headers.get("Idempotency-Key") or "").strip() or None
     job_id = new_job_id()
     job = Job(id=job_id, job_type=job_type, model=model, created_at=time.time(), request_parameters=params,
               org_id=org_id, payload={**payload, "job_id": job_id}, idempotency_key=key, request_hash=digest)
     saved, _created = await current().jobs.create(job, inputs)
+    return saved
+
+
+async def create_job(job_type: JobType, model: str, params: dict[str, Any], payload: dict[str, Any], digest: str,
+                     status: int, location: str, inputs: list[bytes] | None = None, org_id: str = "") -> Response:
+    """Persist a queued job and answer with it; a repeated Idempotency-Key answers the original."""
+    saved = await save_job(job_type, model, params, payload, digest, inputs, org_id)
     return json_response(saved.to_public(), status, headers={"Location": location.format(id=saved.id)})
 
 
@@ -48,12 +55,17 @@ async def get_or_404(job_id: str, job_type: JobType, org_id: str | None = None) 
     return job
 
 
-async def page(job_type: JobType, org_id: str | None, limit: int,
-               after: str | None) -> tuple[list[dict[str, Any]], bool, str | None]:
+async def page_jobs(job_type: JobType, org_id: str | None, limit: int, after: str | None,
+                    ascending: bool = False) -> tuple[list[Job], bool]:
     try:
-        jobs, has_more = await current().jobs.store.page(job_type, org_id, limit, after)
+        return await current().jobs.store.page(job_type, org_id, limit, after, ascending)
     except UnknownCursor:
         raise problems.NotFound(f"No job {after} to page after (deleted, or not yours).") from None
+
+
+async def page(job_type: JobType, org_id: str | None, limit: int,
+               after: str | None) -> tuple[list[dict[str, Any]], bool, str | None]:
+    jobs, has_more = await page_jobs(job_type, org_id, limit, after)
     return [j.to_public() for j in jobs], has_more, (jobs[-1].id if jobs else None)
 
 

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from starlette.datastructures import UploadFile
 
-from ttmedia import problems
+from ttmedia.web import problems
 from ttmedia.media.errors import EncoderUnavailable, MediaError, MediaTooLong, UnsupportedMediaFormat
 
 if TYPE_CHECKING:
@@ -74,6 +74,18 @@ def b64decode(text: str, field: str) -> bytes:
         raise problems.InvalidRequest(f"'{field}' is not valid base64.") from None
 
 
+async def image_bytes(value: str, field: str) -> bytes:
+    """An image field's bytes: base64, a `data:` URI, or an http(s) URL (fetched only from the
+    hosts MEDIA_URL_ALLOWED_DOMAINS lists; ttmedia.web.media_urls). 422 for text that is none of these."""
+    from ttmedia.web import media_urls
+    from ttmedia.web.runtime import current
+
+    if media_urls.is_media_url(value):
+        return await media_urls.fetch(current().settings, value, field)
+    payload = value.split(",", 1)[1] if value[:5].lower() == "data:" and "," in value else value
+    return b64decode(payload, field)
+
+
 async def decode_image(data: bytes | str, field: str, size: int | None = None, mode: str = "RGB",
                        min_side: int | None = None) -> np.ndarray:
     """Bytes or base64 text → uint8 pixels (resized to size×size if given); 422 if undecodable.
@@ -105,7 +117,7 @@ async def decode_audio(data: bytes, field: str = "file") -> np.ndarray:
     """Audio bytes → mono float32 at 16 kHz. 415 for an unknown format, 413 beyond
     MAX_AUDIO_SECONDS (from the header, before decoding), 422 if it will not decode."""
     from ttmedia.media import audio
-    from ttmedia.runtime import current
+    from ttmedia.web.runtime import current
 
     fmt = audio.sniff_audio_format(data)
     if fmt is None:

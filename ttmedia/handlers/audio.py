@@ -10,11 +10,11 @@ import orjson
 from starlette.datastructures import UploadFile
 from starlette.responses import Response, StreamingResponse
 
-from ttmedia.handlers._calls import stream_failure
+from ttmedia.handlers._calls import choose_pool, stream_failure
 from ttmedia.handlers._uploads import decode_audio, upload_bytes
-from ttmedia.http import json_response
-from ttmedia.runners.types import Segment, Transcription, TranscriptionRequest
-from ttmedia.runtime import current
+from ttmedia.web.responses import json_response
+from ttmedia.runners.types import AUDIO, Segment, Transcription, TranscriptionRequest
+from ttmedia.web.runtime import current
 
 #: Upstream's default; a superset of OpenAI's `json`, so OpenAI clients read it too.
 DEFAULT_FORMAT = "verbose_json"
@@ -30,10 +30,13 @@ async def create_translation(body: dict[str, Any], file: UploadFile | None = Non
 
 
 def _temperatures(body: dict[str, Any]) -> list[float]:
-    """Whisper's fallback schedule: `temperatures` (a number or "0.0,0.2,..."), else `temperature`."""
+    """Whisper's fallback schedule: `temperatures` (a number, a list, or "0.0,0.2,..."), else
+    `temperature`. Null or "" means "not given", as upstream's optional field."""
     value = body.get("temperatures")
     if isinstance(value, int | float):
         return [float(value)]
+    if isinstance(value, list) and value:
+        return [float(t) for t in value]
     if isinstance(value, str) and value.strip():
         return [float(t) for t in value.split(",") if t.strip()]
     return [float(body.get("temperature") or 0.0)]
@@ -41,7 +44,7 @@ def _temperatures(body: dict[str, Any]) -> list[float]:
 
 async def _run(body: dict[str, Any], file: UploadFile | None, task: str) -> Response:
     runtime = current()
-    pool = runtime.scheduler.pool("audio", body.get("model"))
+    pool = choose_pool(AUDIO, body.get("model"))
     data = await upload_bytes(body, file, "file", runtime.settings.max_audio_size_bytes)
     request = TranscriptionRequest(
         await decode_audio(data), task=task,  # type: ignore[arg-type]
@@ -51,6 +54,8 @@ async def _run(body: dict[str, Any], file: UploadFile | None, task: str) -> Resp
     fmt = body.get("response_format") or DEFAULT_FORMAT
     if body.get("stream"):
         # Admitted now, so 429/503 still come as a status; the lines follow as segments finish.
+        if fmt == "text":  # upstream: one plain line per segment, no final body
+            return StreamingResponse(_text_lines(pool.open_stream(request)), media_type="text/plain")
         return StreamingResponse(_lines(pool.open_stream(request), fmt), media_type=NDJSON)
     return _render(await pool.submit(request), fmt)
 
@@ -100,3 +105,14 @@ async def _lines(chunks: AsyncIterator[Any], fmt: str) -> AsyncIterator[bytes]:
                 yield orjson.dumps({"chunk_id": chunk.id, "text": chunk.text}) + b"\n"
     except Exception as exc:  # noqa: BLE001 - the status line is gone: report in-band, as a last line
         yield orjson.dumps({"text": "", "error": stream_failure(exc)}) + b"\n"
+
+
+async def _text_lines(chunks: AsyncIterator[Any]) -> AsyncIterator[bytes]:
+    try:
+        async for chunk in chunks:
+            if isinstance(chunk, Transcription):
+                return
+            if isinstance(chunk, Segment):
+                yield chunk.text.strip().encode() + b"\n"
+    except Exception as exc:  # noqa: BLE001 - the status line is gone: say so on a last line
+        yield f"error: {stream_failure(exc)['message']}\n".encode()

@@ -8,10 +8,11 @@ from typing import TYPE_CHECKING, Any
 from starlette.datastructures import UploadFile
 from starlette.responses import Response
 
-from ttmedia.handlers._uploads import decode_image, upload_bytes
-from ttmedia.http import json_response
-from ttmedia.runners.types import Classification, ClassifyRequest
-from ttmedia.runtime import current
+from ttmedia.handlers._calls import choose_pool
+from ttmedia.handlers._uploads import decode_image, image_bytes, upload_bytes
+from ttmedia.web.responses import json_response
+from ttmedia.runners.types import CNN, Classification, ClassifyRequest
+from ttmedia.web.runtime import current
 
 if TYPE_CHECKING:
     import numpy as np  # numpy is imported where it is used: importing it costs 60 ms of server start-up.
@@ -52,12 +53,12 @@ def _format(result: Classification, min_confidence: float, verbose: bool) -> Any
 
 async def search_image(body: dict[str, Any], file: UploadFile | None = None) -> Response:
     runtime = current()
-    pool = runtime.scheduler.pool("cnn", body.get("model"))
+    pool = choose_pool(CNN, body.get("model"))
     if file is not None:
         data: bytes | str = await upload_bytes(body, file, "file", runtime.settings.max_request_body_bytes)
         pixels = await decode_image(data, "file", min_side=256)
     else:
-        pixels = await decode_image(body["prompt"], "prompt", min_side=256)
+        pixels = await decode_image(await image_bytes(body["prompt"], "prompt"), "prompt", min_side=256)
 
     pixels = await asyncio.to_thread(_center_crop, pixels)
     top_k = body.get("top_k") or DEFAULT_TOP_K

@@ -8,10 +8,10 @@ from typing import Any
 
 from starlette.responses import Response
 
-from ttmedia import problems
-from ttmedia.http import json_response
-from ttmedia.runners.types import EmbeddingRequest, EmbeddingResult, Tokenizer
-from ttmedia.runtime import current
+from ttmedia.web import problems
+from ttmedia.handlers._calls import choose_pool
+from ttmedia.web.responses import json_response
+from ttmedia.runners.types import EMBEDDING, EmbeddingRequest, EmbeddingResult, Tokenizer
 
 #: bge-m3's context; a model can declare its own with the `max_model_length` option.
 DEFAULT_MAX_TOKENS = 8192
@@ -43,7 +43,7 @@ def _inputs(value: Any, tok: Tokenizer | None) -> tuple[list[str], list[int]]:
 
 
 async def create_embedding(body: dict[str, Any]) -> Response:
-    pool = current().scheduler.pool("embedding", body.get("model"))
+    pool = choose_pool(EMBEDDING, body.get("model"))
     options = pool.model.info.options
     size = int(options.get("dimensions", 1024))
     dimensions = body.get("dimensions") or size
@@ -58,7 +58,8 @@ async def create_embedding(body: dict[str, Any]) -> Response:
     limit = int(options.get("max_model_length") or (tok.max_model_length if tok else None) or DEFAULT_MAX_TOKENS)
     for i, count in enumerate(counts):
         if count > limit:
-            raise problems.InvalidRequest(f"input[{i}] has {count} tokens; {pool.name} takes at most {limit}.")
+            raise problems.ContextLengthExceeded(
+                f"input[{i}] has {count} tokens; {pool.name} takes at most {limit}.")
     # One request for all inputs: the runner embeds them in one call, with other requests'
     # inputs when the model batches.
     result: EmbeddingResult = await pool.submit(EmbeddingRequest(texts, dimensions if dimensions != size else None))

@@ -1,6 +1,6 @@
 """Fine-tuning jobs (upstream training service at /v1): catalog, jobs, metrics, logs, checkpoints.
 
-Every /v1/jobs route is scoped by the organisation header (ttmedia.jobs.org): a job of another
+Every /v1/jobs route is scoped by the organisation header (ttmedia.web.organization): a job of another
 organisation does not exist for the caller (404, never 403, so ids do not leak).
 """
 
@@ -11,28 +11,32 @@ from typing import Any
 
 from starlette.responses import Response
 
-from ttmedia import problems
+from ttmedia.web import problems
+from ttmedia.handlers._calls import choose_pool
 from ttmedia.handlers._jobs import create_job, file_response, get_or_404, open_artifact, page, request_hash
-from ttmedia.http import json_response
+from ttmedia.web.responses import json_response
 from ttmedia.jobs.kinds import CHECKPOINT_DIR
 from ttmedia.jobs.models import CHECKPOINT_ID_RE, JobType
-from ttmedia.jobs.org import current_org
+from ttmedia.web.organization import current_org
 from ttmedia.runners.catalog import CATALOG
-from ttmedia.runtime import current
+from ttmedia.runners.types import TRAINING
+from ttmedia.web.runtime import current
 
 TRAINERS = ["lora"]
 OPTIMIZERS = ["adamw", "adam", "sgd"]
 DATASETS = [("SST2", "Stanford Sentiment Treebank v2"), ("Alpaca", "Stanford Alpaca instructions"),
             ("Custom", "Custom dataset (file_type + template)")]
 LOCATION = "/v1/jobs/{id}"
+#: Upstream: a Custom dataset names its file, the file's type and the prompt template.
+CUSTOM_REQUIRES = ("train_dataset_path", "file_type", "template")
 
 
 async def get_training_catalog() -> Response:
     runtime = current()
-    served = {pl.model.info.name: pl for pl in runtime.scheduler.pools.values() if pl.model.family == "training"}
+    served = {pl.model.info.name: pl for pl in runtime.scheduler.pools.values() if pl.model.family == TRAINING}
     models = [{"id": info.name, "display_name": info.hf_id or info.name, "supported": info.name in served,
                "model_config": {"runner": info.runner, "hf_id": info.hf_id}}
-              for info in CATALOG.values() if info.family == "training"]
+              for info in CATALOG.values() if info.family == TRAINING]
     workers = sum(len(pl.workers) for pl in served.values())
     devices = sum(len(g) for pl in served.values() for g in pl.model.groups)
     device = runtime.settings.device
@@ -51,16 +55,16 @@ async def get_training_catalog() -> Response:
 async def create_fine_tuning_job(body: dict[str, Any]) -> Response:
     runtime = current()
     org = current_org()
-    pool = runtime.scheduler.pool("training", body.get("model"))
+    pool = choose_pool(TRAINING, body.get("model"))
     pool.check_ready()
     device = runtime.settings.device
     requested = body.get("device_type") or device
     if requested != device:
         raise problems.InvalidRequest(f"Request device '{requested}' does not match server device '{device}'.")
     if body.get("dataset_loader") == "Custom":
-        missing = [f for f in ("file_type", "template") if not body.get(f)]
+        missing = [f for f in CUSTOM_REQUIRES if not body.get(f)]
         if missing:
-            raise problems.InvalidRequest(f"dataset_loader 'Custom' requires {' and '.join(missing)}.")
+            raise problems.InvalidRequest(f"dataset_loader 'Custom' requires {', '.join(missing)}.")
     # Only the declared fields: upstream ignores unknown ones, and echoing them would store
     # whatever a client sends (values JSON allows but the store cannot hold, like 2**80).
     params = {k: v for k, v in body.items() if k in _request_fields()}
@@ -71,7 +75,7 @@ async def create_fine_tuning_job(body: dict[str, Any]) -> Response:
 
 @lru_cache(maxsize=1)
 def _request_fields() -> frozenset[str]:
-    from ttmedia.app import load_spec
+    from ttmedia.web.app import load_spec
 
     return frozenset(load_spec()["components"]["schemas"]["TrainingRequest"]["properties"])
 

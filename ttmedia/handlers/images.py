@@ -9,10 +9,10 @@ from typing import Any
 
 from starlette.responses import Response
 
-from ttmedia import problems
-from ttmedia.http import json_response
-from ttmedia.runners.types import EncodedImage, ImageRequest
-from ttmedia.runtime import current
+from ttmedia.web import problems
+from ttmedia.handlers._calls import choose_pool
+from ttmedia.web.responses import json_response
+from ttmedia.runners.types import EncodedImage, IMAGE, ImageRequest
 from ttmedia.scheduler.pool import ModelPool
 
 
@@ -43,7 +43,7 @@ async def _generate(pool: ModelPool, request: ImageRequest, count: int) -> list[
 
 async def create_image(body: dict[str, Any]) -> Response:
     started = time.monotonic()
-    pool = current().scheduler.pool("image", body.get("model"))
+    pool = choose_pool(IMAGE, body.get("model"))
     request = _image_request(body, pool, _size(body, pool))
     encoded = await _generate(pool, request, body.get("n") or body.get("number_of_images") or 1)
     if body.get("response_format") == "b64_json":
@@ -61,15 +61,16 @@ async def create_image_edit(body: dict[str, Any]) -> Response:
 
 
 async def _transform(body: dict[str, Any], task: str) -> Response:
-    from ttmedia.handlers._uploads import decode_image
+    from ttmedia.handlers._uploads import decode_image, image_bytes
 
     started = time.monotonic()
-    pool = current().scheduler.pool("image", body.get("model"))
+    pool = choose_pool(IMAGE, body.get("model"))
     size = _size(body, pool)
     request = _image_request(body, pool, size)
     # Decoded here, not on the device worker: a broken upload is the client's 422, not a runner error.
-    request.image = await decode_image(body["image"], "image", size)
-    request.mask = await decode_image(body["mask"], "mask", size, mode="L") if task == "edit" else None
+    request.image = await decode_image(await image_bytes(body["image"], "image"), "image", size)
+    if task == "edit":
+        request.mask = await decode_image(await image_bytes(body["mask"], "mask"), "mask", size, mode="L")
     request.task = task  # type: ignore[assignment]
     request.strength = float(body.get("strength", 1.0 if task == "edit" else 0.6))
     encoded = await _generate(pool, request, body.get("number_of_images") or 1)

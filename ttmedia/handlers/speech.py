@@ -9,12 +9,12 @@ from typing import Any
 
 from starlette.responses import Response
 
-from ttmedia import problems
+from ttmedia.web import problems
+from ttmedia.handlers._calls import choose_pool
 from ttmedia.handlers._uploads import b64decode
-from ttmedia.http import json_response
+from ttmedia.web.responses import json_response
 from ttmedia.media.errors import EncoderUnavailable
-from ttmedia.runners.types import Speech, SpeechRequest
-from ttmedia.runtime import current
+from ttmedia.runners.types import Speech, SpeechRequest, TTS
 
 MAX_CHARS = 20_000
 
@@ -38,7 +38,7 @@ UNICODE_WHITE_SPACE = "\t\n\x0b\x0c\r \x85\xa0\u1680" + "".join(chr(c) for c in 
 
 
 async def create_speech(body: dict[str, Any]) -> Response:
-    pool = current().scheduler.pool("tts", body.get("model"))
+    pool = choose_pool(TTS, body.get("model"))
     text = body.get("text") if body.get("text") is not None else body.get("input")
     if not isinstance(text, str) or not text.strip(UNICODE_WHITE_SPACE):
         raise problems.InvalidRequest("'text' (or 'input') must contain something to say.")

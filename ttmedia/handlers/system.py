@@ -2,17 +2,25 @@
 
 from __future__ import annotations
 
+import os
 import time
+from typing import Any
 
 from starlette.responses import Response
 
-from ttmedia import problems
-from ttmedia.http import json_response
-from ttmedia.looplag import WINDOW_S
-from ttmedia.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
-from ttmedia.runtime import current
+from ttmedia.web import problems
+from ttmedia.web.context import note
+from ttmedia.web.scheduler_problems import as_problem
+from ttmedia.web.responses import json_response
+from ttmedia.observability.looplag import WINDOW_S
+from ttmedia.observability.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from ttmedia.web.runtime import current
 from ttmedia.scheduler.devices import format_group
-from ttmedia.scheduler.scheduler import ResetFailed
+from ttmedia.scheduler.errors import ResetFailed
+from ttmedia.scheduler.protocol import RunnerInfo
+from ttmedia.scheduler.readiness import WorkerState
+from ttmedia.scheduler.scheduler import matches
+from ttmedia.scheduler.status import SchedulerStatus, WorkerStatus
 
 #: `created` in /v1/models: fixed, as upstream, since simulated models have no build date.
 MODEL_CREATED = 1700000000
@@ -30,13 +38,75 @@ async def get_health() -> Response:
     return json_response({})
 
 
+def _worker_entry(w: WorkerStatus) -> dict[str, Any]:
+    """Upstream's worker_info entry, plus our state, load, last error and mesh."""
+    return {
+        "pid": w.pid,
+        "is_alive": w.alive,
+        "start_time": w.start_time,
+        "is_ready": w.state is WorkerState.READY,
+        "restart_count": w.restart_count,
+        "error_count": w.error_count,
+        "ready_time": w.ready_time,
+        "state": w.state.value,
+        "devices": list(w.devices),
+        "in_flight": w.in_flight,
+        "calls_ahead": w.calls_ahead,
+        "last_error": w.last_error,
+        "warmup_progress": w.warmup_progress,
+        "last_canary_ok": w.last_canary_ok,
+        "mesh_shape": list(w.mesh_shape),
+    }
+
+
+def _liveness_body(status: SchedulerStatus) -> dict[str, Any]:
+    """Upstream's /tt-liveness body for the whole server, with a `models` entry per model."""
+    worker_info: dict[str, Any] = {}
+    models: dict[str, Any] = {}
+    for m in status.models:
+        infos = {w.worker_id: _worker_entry(w) for w in m.workers}
+        worker_info.update(infos)
+        models[m.name] = {
+            "family": m.family,
+            "state": m.state.value,
+            "model_ready": m.state.serving,
+            "queue_size": m.queue_size,
+            "runner_in_use": m.runner,
+            "runner_target": m.runner_target,
+            "simulated": m.simulated,
+            "worker_info": infos,
+        }
+    # Upstream serves one model on one mesh; with several, the first worker's.
+    mesh = next((w.mesh_shape for m in status.models for w in m.workers), RunnerInfo().mesh_shape)
+    return {
+        "status": "alive",
+        "model_ready": bool(status.models) and all(m.state.serving for m in status.models),
+        "queue_size": sum(m.queue_size for m in status.models),
+        "max_queue_size": status.max_queue_size,
+        "device_mesh_shape": list(mesh),
+        "device": status.device,
+        "worker_info": worker_info,
+        "runner_in_use": ",".join(sorted({m.runner for m in status.models})),
+        "pid": os.getpid(),
+        "models": models,
+    }
+
+
 async def get_liveness() -> Response:
     scheduler = current().scheduler
-    body = scheduler.liveness()
+    body = _liveness_body(scheduler.status())
     if body["model_ready"]:
         return json_response(body)
-    waits = [pl.retry_after() for pl in scheduler.pools.values() if not pl.state().serving] or [1.0]
-    return json_response(body, status=503, headers=problems.retry_after_header(max(waits)))
+    not_serving = [pl for pl in scheduler.pools.values() if not pl.state().serving]
+    problem: problems.Problem
+    if not not_serving:
+        problem = problems.NotReady("No model is served yet.", reason="warming_up", retry_after=1)
+    else:
+        # The model furthest from ready, as /health reports it.
+        problem = as_problem(max(not_serving, key=lambda pl: pl.retry_after()).not_ready())
+    note(reason=problem.reason)
+    return json_response({"status": body.pop("status"), "reason": problem.reason, "detail": problem.detail, **body},
+                         status=503, headers=problem.headers)
 
 
 async def deep_reset() -> Response:
@@ -116,11 +186,12 @@ async def get_v2_ready() -> Response:
 
 async def get_v2_model_ready(model: str) -> Response:
     scheduler = current().scheduler
-    pool = scheduler.pools.get(model)
+    strict = scheduler.settings.strict_model_names
+    pool = next((pl for pl in scheduler.pools.values() if matches(pl, model, strict)), None)
     if pool is None:
         raise problems.ModelNotFound(f"Model {model!r} is not served here.")
     pool.check_ready()
-    return json_response({"name": model, "ready": True})
+    return json_response({"name": pool.name, "ready": True})
 
 
 async def get_metrics() -> Response:

@@ -9,11 +9,10 @@ from typing import Any
 
 from starlette.responses import Response
 
-from ttmedia import problems
-from ttmedia.handlers._calls import stream_failure
-from ttmedia.http import SSE_DONE, json_response, sse_event, sse_response
-from ttmedia.runners.types import Completion, LLMRequest, TokenChunk, Tokenizer
-from ttmedia.runtime import current
+from ttmedia.web import problems
+from ttmedia.handlers._calls import choose_pool, stream_failure
+from ttmedia.web.responses import SSE_DONE, json_response, sse_event, sse_response
+from ttmedia.runners.types import Completion, LLM, LLMRequest, TokenChunk, Tokenizer
 from ttmedia.scheduler.pool import ModelPool
 
 #: Upstream's chat default when neither max_tokens nor max_completion_tokens is given.
@@ -52,7 +51,7 @@ def _context_length(pool: ModelPool, tok: Tokenizer) -> int:
 def _check_context(pool: ModelPool, tok: Tokenizer, prompt_tokens: int, max_tokens: int) -> None:
     limit = _context_length(pool, tok)
     if prompt_tokens + max_tokens > limit:
-        raise problems.InvalidRequest(
+        raise problems.ContextLengthExceeded(
             f"Prompt length ({prompt_tokens}) + max_tokens ({max_tokens}) exceeds max model length ({limit}).")
 
 
@@ -68,7 +67,7 @@ def _sampling(body: dict[str, Any]) -> dict[str, Any]:
 # --- /v1/completions -----------------------------------------------------------------------------
 
 async def create_completion(body: dict[str, Any]) -> Response:
-    pool = current().scheduler.pool("llm", body.get("model"))
+    pool = choose_pool(LLM, body.get("model"))
     tok = await pool.tokenizer()
     prompts = _prompts(tok, body["prompt"])
     max_tokens = body.get("max_tokens") or 16
@@ -120,7 +119,7 @@ async def _completion_events(chunks: AsyncIterator[Any], completion_id: str, cre
 # --- /v1/chat/completions -----------------------------------------------------------------------
 
 async def create_chat_completion(body: dict[str, Any]) -> Response:
-    pool = current().scheduler.pool("llm", body.get("model"))
+    pool = choose_pool(LLM, body.get("model"))
     tok = await pool.tokenizer()
     messages = body["messages"]
     # A conversation that ends with the assistant's words asks for their continuation.
@@ -171,7 +170,7 @@ async def _chat_events(chunks: AsyncIterator[Any], completion_id: str, created: 
 # model warms.
 
 async def tokenize(body: dict[str, Any]) -> Response:
-    pool = current().scheduler.pool("llm", body.get("model"))
+    pool = choose_pool(LLM, body.get("model"))
     tok = await pool.tokenizer()
     ids = tok.encode(body["prompt"])
     return json_response({
@@ -183,7 +182,7 @@ async def tokenize(body: dict[str, Any]) -> Response:
 
 
 async def detokenize(body: dict[str, Any]) -> Response:
-    pool = current().scheduler.pool("llm", body.get("model"))
+    pool = choose_pool(LLM, body.get("model"))
     tok = await pool.tokenizer()
     tokens = body["tokens"]
     if any(t >= tok.vocab_size for t in tokens):

@@ -65,13 +65,15 @@ class VideoKind(JobKind):
         s = self.settings
         out = self.dir(job)
         await asyncio.to_thread(out.mkdir, parents=True, exist_ok=True)
+        width, height, frames, fps = video_geometry(s, job.payload.get("aspect_ratio"),
+                                                    job.payload.get("duration_seconds"))
         request: VideoRequest = from_fields(
-            VideoRequest, job.payload, num_frames=s.sim_video_frames, width=s.sim_video_width,
-            height=s.sim_video_height, fps=16, output_path=str(out / VIDEO_FILE))
+            VideoRequest, job.payload, num_frames=frames, width=width, height=height, fps=fps,
+            output_path=str(out / VIDEO_FILE))
         inputs = await self.store.inputs(job.id)
         if inputs:
             # Decoded per run, not stored decoded: the store keeps what the client sent.
-            request.images = await asyncio.to_thread(_decode_all, inputs, s.sim_video_width, s.sim_video_height)
+            request.images = await asyncio.to_thread(_decode_all, inputs, width, height)
         return request
 
     async def finish(self, job: Job, final: VideoResult) -> dict[str, Any]:
@@ -84,7 +86,32 @@ class VideoKind(JobKind):
         await self.store.add_artifact(job.id, VIDEO_FILE, uri, size)
         return {"download_url": f"/v1/videos/generations/{job.id}/download", "content_type": "video/mp4",
                 "bytes": size, "frames": final.frames, "width": final.width, "height": final.height,
-                "fps": final.fps}
+                "fps": final.fps, "seconds": round(final.frames / max(final.fps, 1), 3)}
+
+
+#: Frames per second of a clip; a long one gets fewer (see video_geometry).
+VIDEO_FPS = 16
+#: A clip has at most this many times SIM_VIDEO_FRAMES frames, so a minute of simulated video
+#: costs about a second of encoding, not eight.
+MAX_FRAMES_FACTOR = 4
+
+
+def video_geometry(s: Settings, aspect_ratio: str | None, duration_s: float | None) -> tuple[int, int, int, int]:
+    """(width, height, frames, fps) of a clip: the configured pixel area (SIM_VIDEO_WIDTH ×
+    SIM_VIDEO_HEIGHT) in the requested aspect ratio, and `duration_s` seconds of it (the
+    configured SIM_VIDEO_FRAMES at 16 fps when not given). A long clip keeps its duration at a
+    lower frame rate, at least 1 fps."""
+    width, height = s.sim_video_width, s.sim_video_height
+    if aspect_ratio:
+        across, down = (int(x) for x in aspect_ratio.split(":"))
+        area = width * height
+        width = max(16, round((area * across / down) ** 0.5 / 8) * 8)
+        height = max(16, round(width * down / across / 8) * 8)
+    if not duration_s:
+        return width, height, s.sim_video_frames, VIDEO_FPS
+    cap = max(s.sim_video_frames * MAX_FRAMES_FACTOR, 1)
+    fps = max(1, min(VIDEO_FPS, int(cap // duration_s)))
+    return width, height, max(1, round(fps * duration_s)), fps
 
 
 def _decode_all(blobs: list[bytes], width: int, height: int) -> list[Any]:

@@ -28,7 +28,7 @@ import logging
 import time
 from typing import Any
 
-from ttmedia import problems
+from ttmedia.web import problems
 from ttmedia.jobs.artifacts import LocalArtifactStore
 from ttmedia.jobs.kinds import JobKind, make_kinds
 from ttmedia.jobs.models import (
@@ -58,6 +58,7 @@ from ttmedia.jobs.store import (
     replica_id,
 )
 from ttmedia.runners.types import FINAL_TYPES
+from ttmedia.scheduler import errors as scheduler_errors
 from ttmedia.scheduler.pool import ModelPool
 from ttmedia.scheduler.scheduler import Scheduler
 from ttmedia.settings import Settings
@@ -290,17 +291,18 @@ class JobManager:
             # _STALE: the sweep already failed it; _LOST: another replica owns it now.
         except LeaseLost:
             log.warning("job %s: lease lost mid-run; another replica runs it now", job.id)
-        except (problems.NotReady, problems.QueueFull) as exc:
+        except (scheduler_errors.NotReady, scheduler_errors.QueueFull) as exc:
             # The device went away under the job (worker died, restarting, draining): that is
             # the server's failure, so the job runs again while attempts remain.
             if job.attempts < self.settings.job_max_attempts:
-                log.warning("job %s lost its device (%s); re-queued", job.id, exc.detail)
+                log.warning("job %s lost its device (%s); re-queued", job.id, exc.message)
                 await self._settle(job, kind, REQUEUE)
             else:
-                await self._fail(job, kind, WORKER_LOST, f"{exc.detail} (after {job.attempts} attempts)")
-        except problems.Problem as exc:
-            code = INSUFFICIENT_STORAGE if self.artifacts.out_of_space(job.id, exc.detail) else PROCESSING_ERROR
-            await self._fail(job, kind, code, exc.detail)
+                await self._fail(job, kind, WORKER_LOST, f"{exc.message} (after {job.attempts} attempts)")
+        except (problems.Problem, scheduler_errors.SchedulerError) as exc:
+            detail = str(exc)  # a problem's detail, a scheduler error's message
+            code = INSUFFICIENT_STORAGE if self.artifacts.out_of_space(job.id, detail) else PROCESSING_ERROR
+            await self._fail(job, kind, code, detail)
         except Exception as exc:
             message = f"{type(exc).__name__}: {exc}"
             if is_storage_full(exc) or self.artifacts.out_of_space(job.id, message):

@@ -123,8 +123,10 @@ class JobStore(ABC):
     @abstractmethod
     async def inputs(self, job_id: str) -> list[bytes]: ...
     @abstractmethod
-    async def page(self, job_type: JobType, org_id: str | None, limit: int,
-                   after: str | None) -> tuple[list[Job], bool]: ...
+    async def page(self, job_type: JobType, org_id: str | None, limit: int, after: str | None,
+                   ascending: bool = False) -> tuple[list[Job], bool]:
+        """`limit` jobs after the job `after`, newest first (oldest first if `ascending`); and
+        whether more follow. UnknownCursor if `after` is not a job of this type (and org)."""
     @abstractmethod
     async def count_unfinished(self) -> int: ...
 
@@ -163,8 +165,9 @@ class JobStore(ABC):
     async def hold(self, job_id: str, seconds: float) -> bool:
         """Keep the retention sweep off this job's files for `seconds` (a download is running)."""
     @abstractmethod
-    async def delete_unheld(self, job_id: str) -> bool:
-        """Delete the job and its rows unless a download holds it; whether it was deleted."""
+    async def delete_unheld(self, job_id: str, force: bool = False) -> bool:
+        """Delete the job and its rows unless a download holds it (`force`: even then); whether
+        it was deleted."""
 
     # --- records, checkpoints, artifacts, events ------------------------------------------------
     @abstractmethod

@@ -28,7 +28,7 @@ import psycopg
 from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
 
-from ttmedia import problems
+from ttmedia.web import problems
 from ttmedia.jobs.models import Job, JobStatus, JobType, check_transition
 from ttmedia.jobs.store import (
     NOTE_CANCEL,
@@ -178,7 +178,7 @@ class PostgresJobStore(JobStore):
             await conn.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK,))
             await conn.execute("CREATE TABLE IF NOT EXISTS ttmedia_schema (version integer PRIMARY KEY, "
                                "applied_at timestamptz NOT NULL DEFAULT now())")
-            row = await (await conn.execute("SELECT COALESCE(MAX(version), 0) AS v FROM ttmedia_schema")).fetchone()
+            row: Any = await (await conn.execute("SELECT COALESCE(MAX(version), 0) AS v FROM ttmedia_schema")).fetchone()
             current = int(row["v"]) if row else 0
             for number, script in enumerate(MIGRATIONS, start=1):
                 if number > current:
@@ -288,10 +288,11 @@ class PostgresJobStore(JobStore):
         with _translated():
             async with self.pool.connection() as conn, conn.cursor(binary=True) as cur:
                 await cur.execute("SELECT data FROM job_inputs WHERE job_id=%s ORDER BY idx", (job_id,))
-                return [bytes(r["data"]) for r in await cur.fetchall()]
+                rows: list[Any] = await cur.fetchall()  # dict rows: the pool's row_factory
+                return [bytes(r["data"]) for r in rows]
 
-    async def page(self, job_type: JobType, org_id: str | None, limit: int,
-                   after: str | None) -> tuple[list[Job], bool]:
+    async def page(self, job_type: JobType, org_id: str | None, limit: int, after: str | None,
+                   ascending: bool = False) -> tuple[list[Job], bool]:
         where, args = ["job_type=%s"], [job_type.value]
         if org_id is not None:
             where.append("org_id=%s")
@@ -300,9 +301,10 @@ class PostgresJobStore(JobStore):
             cursor = await self._all(f"SELECT seq FROM jobs WHERE id=%s AND {' AND '.join(where)}", after, *args)
             if not cursor:
                 raise UnknownCursor(after)
-            where.append("seq < %s")
+            where.append("seq > %s" if ascending else "seq < %s")
             args.append(cursor[0]["seq"])
-        rows = await self._all(f"SELECT * FROM jobs WHERE {' AND '.join(where)} ORDER BY seq DESC LIMIT %s",
+        order = "ASC" if ascending else "DESC"
+        rows = await self._all(f"SELECT * FROM jobs WHERE {' AND '.join(where)} ORDER BY seq {order} LIMIT %s",
                                *args, limit + 1)
         return [row_job(r) for r in rows[:limit]], len(rows) > limit
 
@@ -405,12 +407,12 @@ class PostgresJobStore(JobStore):
                                "WHERE id=%s RETURNING id", seconds, job_id)
         return bool(rows)
 
-    async def delete_unheld(self, job_id: str) -> bool:
+    async def delete_unheld(self, job_id: str, force: bool = False) -> bool:
         async with self._tx() as conn:
             # The row lock a concurrent `hold` takes makes this wait and re-check hold_until.
             gone = await (await conn.execute(
-                f"DELETE FROM jobs WHERE id=%s AND COALESCE(hold_until, 0) < {NOW} RETURNING id",
-                (job_id,))).fetchone()
+                f"DELETE FROM jobs WHERE id=%s AND (%s OR COALESCE(hold_until, 0) < {NOW}) RETURNING id",
+                (job_id, force))).fetchone()
             if gone is None:
                 return False
             for table in ("job_inputs", "job_records", "checkpoints", "artifacts", "job_events"):
@@ -469,5 +471,5 @@ class PostgresJobStore(JobStore):
 
     async def explain_claim(self, model: str) -> list[str]:
         async with self.pool.connection() as conn, conn.transaction():
-            rows = await (await conn.execute("EXPLAIN " + CLAIM_SQL, (model,))).fetchall()  # type: ignore[operator]
+            rows: list[Any] = await (await conn.execute("EXPLAIN " + CLAIM_SQL, (model,))).fetchall()  # type: ignore[operator]
         return [r["QUERY PLAN"] for r in rows]

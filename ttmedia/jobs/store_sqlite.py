@@ -278,15 +278,16 @@ class SqliteJobStore(JobStore):
         rows = await self._read("SELECT data FROM job_inputs WHERE job_id=? ORDER BY idx", job_id)
         return [bytes(r["data"]) for r in rows]
 
-    async def page(self, job_type: JobType, org_id: str | None, limit: int,
-                   after: str | None) -> tuple[list[Job], bool]:
+    async def page(self, job_type: JobType, org_id: str | None, limit: int, after: str | None,
+                   ascending: bool = False) -> tuple[list[Job], bool]:
         if self._conn is None:
             if after:
                 raise UnknownCursor(after)
             return [], False
-        return await self._call(self._page, job_type, org_id, limit, after)
+        return await self._call(self._page, job_type, org_id, limit, after, ascending)
 
-    def _page(self, job_type: JobType, org_id: str | None, limit: int, after: str | None) -> tuple[list[Job], bool]:
+    def _page(self, job_type: JobType, org_id: str | None, limit: int, after: str | None,
+              ascending: bool) -> tuple[list[Job], bool]:
         where, args = ["job_type=?"], [job_type.value]
         if org_id is not None:
             where.append("org_id=?")
@@ -295,9 +296,10 @@ class SqliteJobStore(JobStore):
             cursor = self._rows(f"SELECT rowid FROM jobs WHERE id=? AND {' AND '.join(where)}", (after, *args))
             if not cursor:
                 raise UnknownCursor(after)
-            where.append("rowid < ?")
+            where.append("rowid > ?" if ascending else "rowid < ?")
             args.append(cursor[0]["rowid"])
-        rows = self._rows(f"SELECT * FROM jobs WHERE {' AND '.join(where)} ORDER BY rowid DESC LIMIT ?",
+        order = "ASC" if ascending else "DESC"
+        rows = self._rows(f"SELECT * FROM jobs WHERE {' AND '.join(where)} ORDER BY rowid {order} LIMIT ?",
                           (*args, limit + 1))
         return [row_job(r) for r in rows[:limit]], len(rows) > limit
 
@@ -452,12 +454,13 @@ class SqliteJobStore(JobStore):
                                (time.time() + seconds, job_id))
         return cur.rowcount > 0
 
-    async def delete_unheld(self, job_id: str) -> bool:
-        return await self._call(self._delete_unheld, job_id)
+    async def delete_unheld(self, job_id: str, force: bool = False) -> bool:
+        return await self._call(self._delete_unheld, job_id, force)
 
-    def _delete_unheld(self, job_id: str) -> bool:
+    def _delete_unheld(self, job_id: str, force: bool = False) -> bool:
         with self._tx() as conn:
-            cur = conn.execute("DELETE FROM jobs WHERE id=? AND COALESCE(hold_until, 0) < ?", (job_id, time.time()))
+            held_before = float("inf") if force else time.time()
+            cur = conn.execute("DELETE FROM jobs WHERE id=? AND COALESCE(hold_until, 0) < ?", (job_id, held_before))
             if cur.rowcount == 0:
                 return False
             for table in ("job_inputs", "job_records", "checkpoints", "artifacts", "job_events"):

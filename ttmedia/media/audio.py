@@ -410,7 +410,7 @@ def _word_formants(word: str) -> list[float]:
     vowels = [ch for ch in word if ch in _VOWEL_FORMANTS]
     if vowels:
         first, second = _VOWEL_FORMANTS[vowels[0]]
-        freqs = [first, second]
+        freqs: list[float] = [first, second]
         if len(vowels) > 1:
             freqs.append(_VOWEL_FORMANTS[vowels[-1]][1] * 1.1)
         return freqs

@@ -77,7 +77,7 @@ def decode_image(data: bytes, *, max_pixels: int = 40_000_000, min_side: int | N
             if min_side and img.format == "JPEG":
                 img.draft("RGB", _scaled_request(width, height, min_side))
             img.load()
-            loaded = img
+            loaded: Image.Image = img
             if min_side:
                 factor = min(loaded.width, loaded.height) // min_side
                 if factor >= 2:
@@ -244,11 +244,11 @@ def _gradient(
     angle = rng.uniform(0.0, 2.0 * math.pi) + 0.15 * t
     cos_a, sin_a = math.cos(angle), math.sin(angle)
     # Separable: t(x, y) = a*x + b*y, so build it from two 1-D ramps.
-    t = (cos_a * xs)[None, :] + (sin_a * ys)[:, None]
-    t -= t.min()
-    t *= 1.0 / max(float(t.max()), 1e-6)
+    ramp = (cos_a * xs)[None, :] + (sin_a * ys)[:, None]
+    ramp -= ramp.min()
+    ramp *= 1.0 / max(float(ramp.max()), 1e-6)
     start, end = palette[0], palette[1]
-    return start + t[..., None] * (end - start)
+    return start + ramp[..., None] * (end - start)
 
 
 def _add_blob(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import re
 import subprocess
@@ -17,7 +18,8 @@ from ttmedia.media.audio import FFMPEG_TIMEOUT, ffmpeg_encoders, ffmpeg_exe, std
 from ttmedia.media.errors import EncoderUnavailable, UndecodableMedia
 from ttmedia.media.images import render_picture
 
-__all__ = ["encode_mp4", "probe_mp4", "synthesize_frames", "write_mp4"]
+__all__ = ["decode_frames", "encode_mp4", "probe_mp4", "synthesize_frames", "thumbnail_webp", "spritesheet_jpeg",
+           "write_mp4"]
 
 # libx264 first; libopenh264 still yields H.264, whereas mpeg4 would be a
 # silent format change for clients that asked for H.264 and is not offered.
@@ -73,11 +75,12 @@ def write_mp4(
 
 
 def synthesize_frames(
-    prompt: str, seed: int, num_frames: int, width: int, height: int
+    prompt: str, seed: int, num_frames: int, width: int, height: int, fps: float = _NOMINAL_FPS
 ) -> Iterator[np.ndarray]:
-    """Deterministic animation: the :func:`synthesize_image` picture with drifting blobs."""
+    """Deterministic animation: the :func:`synthesize_image` picture with drifting blobs, moving
+    at the same speed whatever the frame rate."""
     for index in range(int(num_frames)):
-        picture = render_picture(prompt, seed, width, height, _VIDEO_STEPS, t=index / _NOMINAL_FPS)
+        picture = render_picture(prompt, seed, width, height, _VIDEO_STEPS, t=index / fps)
         yield np.array(picture)
 
 
@@ -117,6 +120,52 @@ def _probe_file(path: str) -> dict[str, Any]:
         "fps": float(fps["fps"]) if fps else None,
         "duration": _seconds(duration) if duration else None,
     }
+
+
+def decode_frames(data: bytes, width: int, height: int) -> list[np.ndarray]:
+    """Every frame of an MP4 (``width`` × ``height`` as encoded) as ``HxWx3`` uint8 RGB."""
+    with tempfile.TemporaryDirectory(prefix="ttmedia-") as tmp:
+        path = os.path.join(tmp, "in.mp4")
+        with open(path, "wb") as fh:
+            fh.write(data)
+        cmd = [ffmpeg_exe(), "-hide_banner", "-nostats", "-loglevel", "error", "-i", path,
+               "-map", "0:v:0", "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{width}x{height}", "pipe:1"]  # fmt: skip
+        try:
+            proc = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, timeout=FFMPEG_TIMEOUT,
+                                  check=False)
+        except (OSError, subprocess.SubprocessError) as exc:
+            raise UndecodableMedia(f"video decoding failed: {exc}") from exc
+    size = width * height * 3
+    if proc.returncode != 0 or len(proc.stdout) < size:
+        raise UndecodableMedia(f"not a decodable video: {stderr_summary(proc.stderr)}")
+    count = len(proc.stdout) // size
+    return [np.frombuffer(proc.stdout, np.uint8, size, i * size).reshape(height, width, 3) for i in range(count)]
+
+
+def thumbnail_webp(frames: list[np.ndarray]) -> bytes:
+    """The middle frame as WebP (OpenAI's `thumbnail` variant)."""
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(frames[len(frames) // 2]).save(buffer, "WEBP", quality=85)
+    return buffer.getvalue()
+
+
+def spritesheet_jpeg(frames: list[np.ndarray], count: int = 10, columns: int = 5, tile_width: int = 128) -> bytes:
+    """`count` frames taken evenly through the clip, scaled to `tile_width`, in a JPEG grid."""
+    from PIL import Image
+
+    picks = [frames[round(i * (len(frames) - 1) / max(count - 1, 1))] for i in range(min(count, len(frames)))]
+    height, width = picks[0].shape[:2]
+    tile = (tile_width, max(1, round(height * tile_width / width)))
+    rows = -(-len(picks) // columns)
+    sheet = Image.new("RGB", (tile[0] * min(columns, len(picks)), tile[1] * rows))
+    for i, frame in enumerate(picks):
+        sheet.paste(Image.fromarray(frame).resize(tile, Image.Resampling.BILINEAR),
+                    ((i % columns) * tile[0], (i // columns) * tile[1]))
+    buffer = io.BytesIO()
+    sheet.save(buffer, "JPEG", quality=85)
+    return buffer.getvalue()
 
 
 def _seconds(match: re.Match[str]) -> float:

@@ -8,17 +8,20 @@ per item), not measured TT numbers. A real runner ignores them.
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
+from typing import Any
+
+from ttmedia.runners.types import AUDIO, CNN, EMBEDDING, IMAGE, LLM, TRAINING, TTS, VIDEO
 
 #: Family → the routes it serves (as listed by /v1/models).
 FAMILY_ROUTES: dict[str, tuple[str, ...]] = {
-    "llm": ("/v1/completions", "/v1/chat/completions", "/v1/tokenize", "/v1/detokenize"),
-    "image": ("/v1/images/generations", "/v1/images/image-to-image", "/v1/images/edits"),
-    "embedding": ("/v1/embeddings",),
-    "cnn": ("/v1/cnn/search-image",),
-    "audio": ("/v1/audio/transcriptions", "/v1/audio/translations"),
-    "tts": ("/v1/audio/speech",),
-    "video": ("/v1/videos/generations", "/v1/videos/generations/i2v", "/v1/videos/generations/i2v/upload"),
-    "training": ("/v1/jobs", "/v1/catalog"),
+    LLM: ("/v1/completions", "/v1/chat/completions", "/v1/tokenize", "/v1/detokenize"),
+    IMAGE: ("/v1/images/generations", "/v1/images/image-to-image", "/v1/images/edits"),
+    EMBEDDING: ("/v1/embeddings",),
+    CNN: ("/v1/cnn/search-image",),
+    AUDIO: ("/v1/audio/transcriptions", "/v1/audio/translations"),
+    TTS: ("/v1/audio/speech",),
+    VIDEO: ("/v1/videos/generations", "/v1/videos/generations/i2v", "/v1/videos/generations/i2v/upload"),
+    TRAINING: ("/v1/jobs", "/v1/catalog"),
 }
 
 #: Relative device speed (time multiplier) per TT device type; n150 is the reference.
@@ -64,7 +67,7 @@ class ModelInfo:
     runner: str
     timing: Timing
     hf_id: str = ""
-    options: dict[str, object] = field(default_factory=dict)
+    options: dict[str, Any] = field(default_factory=dict)  # MODELS strings and catalog numbers
 
     @property
     def routes(self) -> tuple[str, ...]:
@@ -78,45 +81,45 @@ def _m(name: str, family: str, runner: str, timing: Timing, hf_id: str = "", **o
 CATALOG: dict[str, ModelInfo] = {
     m.name: m
     for m in (
-        _m("stable-diffusion-xl-base-1.0", "image", "sim-image", Timing(5.0, 0.05, 0.0, 0.11),
+        _m("stable-diffusion-xl-base-1.0", IMAGE, "sim-image", Timing(5.0, 0.05, 0.0, 0.11),
            "stabilityai/stable-diffusion-xl-base-1.0", min_steps=12, size=1024),
-        _m("FLUX.1-dev", "image", "sim-image", Timing(9.0, 0.1, 0.0, 0.32),
+        _m("FLUX.1-dev", IMAGE, "sim-image", Timing(9.0, 0.1, 0.0, 0.32),
            "black-forest-labs/FLUX.1-dev", min_steps=4, size=1024),
-        _m("FLUX.1-schnell", "image", "sim-image", Timing(7.0, 0.1, 0.0, 0.28),
+        _m("FLUX.1-schnell", IMAGE, "sim-image", Timing(7.0, 0.1, 0.0, 0.28),
            "black-forest-labs/FLUX.1-schnell", min_steps=4, size=1024),
-        _m("Z-Image-Turbo", "image", "sim-image", Timing(4.0, 0.04, 0.0, 0.09),
+        _m("Z-Image-Turbo", IMAGE, "sim-image", Timing(4.0, 0.04, 0.0, 0.09),
            "Tongyi-MAI/Z-Image-Turbo", min_steps=1, size=1024),
-        _m("Qwen3-8B", "llm", "sim-llm", Timing(3.0, 0.04, 0.0, 0.0, 0.025), "Qwen/Qwen3-8B",
+        _m("Qwen3-8B", LLM, "sim-llm", Timing(3.0, 0.04, 0.0, 0.0, 0.025), "Qwen/Qwen3-8B",
            max_model_length=4096, max_concurrency=32),
-        _m("Llama-3.1-8B-Instruct", "llm", "sim-llm", Timing(3.0, 0.04, 0.0, 0.0, 0.022),
+        _m("Llama-3.1-8B-Instruct", LLM, "sim-llm", Timing(3.0, 0.04, 0.0, 0.0, 0.022),
            "meta-llama/Llama-3.1-8B-Instruct", max_model_length=8192, max_concurrency=32),
-        _m("bge-m3", "embedding", "sim-embedding", Timing(2.0, 0.01, 0.004), "BAAI/bge-m3", dimensions=1024),
-        _m("resnet-50", "cnn", "sim-cnn", Timing(1.5, 0.004, 0.002), "microsoft/resnet-50"),
-        _m("whisper-large-v3", "audio", "sim-whisper", Timing(6.0, 0.08, 0.0, 0.04),
+        _m("bge-m3", EMBEDDING, "sim-embedding", Timing(2.0, 0.01, 0.004), "BAAI/bge-m3", dimensions=1024),
+        _m("resnet-50", CNN, "sim-cnn", Timing(1.5, 0.004, 0.002), "microsoft/resnet-50"),
+        _m("whisper-large-v3", AUDIO, "sim-whisper", Timing(6.0, 0.08, 0.0, 0.04),
            "openai/whisper-large-v3"),
-        _m("distil-large-v3", "audio", "sim-whisper", Timing(4.0, 0.05, 0.0, 0.02),
+        _m("distil-large-v3", AUDIO, "sim-whisper", Timing(4.0, 0.05, 0.0, 0.02),
            "distil-whisper/distil-large-v3"),
-        _m("speecht5_tts", "tts", "sim-tts", Timing(3.0, 0.05, 0.0, 0.0, 0.004), "microsoft/speecht5_tts"),
+        _m("speecht5_tts", TTS, "sim-tts", Timing(3.0, 0.05, 0.0, 0.0, 0.004), "microsoft/speecht5_tts"),
         # Video: per-step cost of one denoising step over all frames; t2v / i2v say what the
         # model accepts (an I2V-only model answers text-to-video with 422, as upstream).
-        _m("Wan2.2-T2V-A14B-Diffusers", "video", "sim-video", Timing(12.0, 0.5, 0.0, 0.4),
+        _m("Wan2.2-T2V-A14B-Diffusers", VIDEO, "sim-video", Timing(12.0, 0.5, 0.0, 0.4),
            "Wan-AI/Wan2.2-T2V-A14B-Diffusers", t2v=True, i2v=False),
-        _m("Wan2.2-I2V-A14B-Diffusers", "video", "sim-video", Timing(12.0, 0.5, 0.0, 0.4),
+        _m("Wan2.2-I2V-A14B-Diffusers", VIDEO, "sim-video", Timing(12.0, 0.5, 0.0, 0.4),
            "Wan-AI/Wan2.2-I2V-A14B-Diffusers", t2v=False, i2v=True, i2v_only=True),
-        _m("mochi-1-preview", "video", "sim-video", Timing(10.0, 0.5, 0.0, 0.3), "genmo/mochi-1-preview",
+        _m("mochi-1-preview", VIDEO, "sim-video", Timing(10.0, 0.5, 0.0, 0.3), "genmo/mochi-1-preview",
            t2v=True, i2v=False),
         # Fine-tuning (LoRA): per-step cost of one optimiser step of one micro-batch.
-        _m("Llama-3.2-3B-Instruct", "training", "sim-trainer", Timing(4.0, 0.2, 0.0, 0.05),
+        _m("Llama-3.2-3B-Instruct", TRAINING, "sim-trainer", Timing(4.0, 0.2, 0.0, 0.05),
            "meta-llama/Llama-3.2-3B-Instruct"),
-        _m("gemma-1.1-2b-it", "training", "sim-trainer", Timing(3.0, 0.2, 0.0, 0.04), "google/gemma-1.1-2b-it"),
+        _m("gemma-1.1-2b-it", TRAINING, "sim-trainer", Timing(3.0, 0.2, 0.0, 0.04), "google/gemma-1.1-2b-it"),
         # Real models on the CPU (the `cpu` extra). Timing is only the expected warmup, for
         # Retry-After while they load; their calls take what the CPU takes.
-        _m("whisper-base", "audio", "faster-whisper", Timing(3.0), "openai/whisper-base"),
-        _m("espeak-ng", "tts", "espeak-ng", Timing(0.5), "espeak-ng"),
-        _m("all-MiniLM-L6-v2", "embedding", "sentence-transformers", Timing(8.0),
+        _m("whisper-base", AUDIO, "faster-whisper", Timing(3.0), "openai/whisper-base"),
+        _m("espeak-ng", TTS, "espeak-ng", Timing(0.5), "espeak-ng"),
+        _m("all-MiniLM-L6-v2", EMBEDDING, "sentence-transformers", Timing(8.0),
            "sentence-transformers/all-MiniLM-L6-v2", dimensions=384, max_model_length=256, max_batch_size=32),
         # Any Hugging Face causal-LM directory: MODELS="hf-causal-lm~model_path=/models/qwen".
-        _m("hf-causal-lm", "llm", "hf-causal-lm", Timing(10.0), "hf-causal-lm", max_concurrency=4),
+        _m("hf-causal-lm", LLM, "hf-causal-lm", Timing(10.0), "hf-causal-lm", max_concurrency=4),
     )
 }
 
@@ -129,6 +132,11 @@ def lookup(name: str) -> ModelInfo | None:
         if info.hf_id == name:
             return info
     return None
+
+
+def video_mode(info: ModelInfo, mode: str) -> bool:
+    """Whether a video model takes `mode`: "t2v" (text-to-video, the default) or "i2v" (images)."""
+    return bool(info.options.get(mode, mode == "t2v"))
 
 
 def with_runner(info: ModelInfo, runner: str) -> ModelInfo:

@@ -230,6 +230,10 @@ class VideoRequest:
     fps: int = 16
     images: list[np.ndarray] = field(default_factory=list)
     frame_positions: list[int] = field(default_factory=list)
+    #: What the client asked for; width/height/num_frames/fps above already honour them (a
+    #: runner with a native resolution may still read them).
+    aspect_ratio: str | None = None  # "16:9", "9:16", ...
+    duration_seconds: float | None = None
 
 
 @dataclass(slots=True)
@@ -257,6 +261,7 @@ class TrainingRequest:
     file_type: str | None = None
     template: str | None = None
     column_mapping: dict[str, str] | None = None
+    dataset_max_sequence_length: int = 64  # longer examples are truncated to this many tokens
     num_epochs: int = 1
     max_steps: int = 0  # 0: no cap
     batch_size: int = 4
@@ -316,16 +321,25 @@ Result: TypeAlias = (Completion | ImageResult | EncodedImage | EmbeddingResult |
                      | Speech | VideoResult | TrainingResult)
 Chunk: TypeAlias = TokenChunk | Segment | Progress | TrainingEvent
 
+# --- the families ---------------------------------------------------------------------------------
+
+#: A model family's one name: the spec's `x-ttmedia-family`, FAMILY_ROUTES (runners/catalog.py),
+#: ModelInfo.family, a runner's `family` and the handlers all spell it with these
+#: (tests/test_families.py holds the spec to them). Spec tags and runner modules name what
+#: clients and authors see ("speech" routes, sim/tts.py); the family is the one internal word.
+LLM, IMAGE, EMBEDDING, CNN = "llm", "image", "embedding", "cnn"
+AUDIO, TTS, VIDEO, TRAINING = "audio", "tts", "video", "training"
+
 #: Family → (request type, result type). The result type also marks the end of a stream.
 FAMILIES: dict[str, tuple[type, type]] = {
-    "llm": (LLMRequest, Completion),
-    "image": (ImageRequest, ImageResult),
-    "embedding": (EmbeddingRequest, EmbeddingResult),
-    "cnn": (ClassifyRequest, Classification),
-    "audio": (TranscriptionRequest, Transcription),
-    "tts": (SpeechRequest, Speech),
-    "video": (VideoRequest, VideoResult),
-    "training": (TrainingRequest, TrainingResult),
+    LLM: (LLMRequest, Completion),
+    IMAGE: (ImageRequest, ImageResult),
+    EMBEDDING: (EmbeddingRequest, EmbeddingResult),
+    CNN: (ClassifyRequest, Classification),
+    AUDIO: (TranscriptionRequest, Transcription),
+    TTS: (SpeechRequest, Speech),
+    VIDEO: (VideoRequest, VideoResult),
+    TRAINING: (TrainingRequest, TrainingResult),
 }
 
 FINAL_TYPES: tuple[type, ...] = tuple(result for _, result in FAMILIES.values())

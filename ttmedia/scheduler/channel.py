@@ -4,7 +4,8 @@ Messages are read on the loop itself (it watches the pipe), and written straight
 while the pipe has room: no thread stands between a worker and the handler waiting for its
 result. Only when the pipe is full, because the worker is busy or stopped, do writes move to a
 writer thread, so the loop never blocks on a worker that does not read. The bytes on the pipe
-are multiprocessing.Connection's framing, which the worker reads with Connection.recv().
+are multiprocessing.Connection's framing (ttmedia.internals.multiprocessing), which the worker
+reads with Connection.recv().
 
 A large message (decoded audio, pixels, uploads) is pickled and sent by the writer thread, not
 on the loop; messages after it wait behind it, in order. It is pickled into pieces that refer
@@ -23,27 +24,23 @@ import pickle
 import queue
 import select
 import socket
-import struct
 import threading
 from collections.abc import Callable
 from multiprocessing.connection import Connection
 from typing import Any
 
+from ttmedia.internals.multiprocessing import frame_header, next_frame
+
 log = logging.getLogger("ttmedia.scheduler")
 
 _READ_SIZE = 1 << 18
-_SHORT, _LONG = struct.Struct("!i"), struct.Struct("!Q")
 #: A message holding a buffer this big is pickled into pieces and sent by the writer thread.
 LARGE = 1 << 16
 
 
-def _header(size: int) -> bytes:
-    return _SHORT.pack(-1) + _LONG.pack(size) if size > 0x7FFFFFFF else _SHORT.pack(size)
-
-
 def frame(message: Any) -> bytes:
     payload = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
-    return _header(len(payload)) + payload
+    return frame_header(len(payload)) + payload
 
 
 class _Large:
@@ -74,7 +71,7 @@ def frame_pieces(message: Any) -> list[Any]:
     """The frame of a message as buffers that share the message's own large buffers."""
     pieces = _Pieces()
     pickle.Pickler(pieces, protocol=pickle.HIGHEST_PROTOCOL).dump(message)
-    return [_header(pieces.size), *pieces.parts]
+    return [frame_header(pieces.size), *pieces.parts]
 
 
 def holds_large_buffer(value: Any, depth: int = 0) -> bool:
@@ -132,17 +129,9 @@ class Channel:
         messages = []
         start = 0
         with memoryview(buffer) as view:  # released before the buffer is trimmed
-            while len(buffer) - start >= 4:
-                size = _SHORT.unpack_from(buffer, start)[0]
-                header = 4
-                if size == -1:
-                    if len(buffer) - start < 12:
-                        break
-                    size, header = _LONG.unpack_from(buffer, start + 4)[0], 12
-                end = start + header + size
-                if end > len(buffer):
-                    break
-                messages.append(pickle.loads(view[start + header:end]))
+            while (found := next_frame(buffer, start)) is not None:
+                payload, end = found
+                messages.append(pickle.loads(view[payload:end]))
                 start = end
         del buffer[:start]
         if messages:

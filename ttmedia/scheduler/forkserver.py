@@ -9,7 +9,6 @@ module imports nothing heavy for that reason.
 from __future__ import annotations
 
 import multiprocessing
-import threading
 
 CONTEXT = multiprocessing.get_context("forkserver")
 
@@ -21,7 +20,6 @@ PRELOAD = ["ttmedia.scheduler.worker_main", "numpy", "PIL.Image", "ttmedia.runne
 
 def start_forkserver() -> None:
     """Start the forkserver now (idempotent), in a thread so the caller goes on at once."""
-    from multiprocessing import forkserver
+    from ttmedia.internals.multiprocessing import start_forkserver_soon
 
-    forkserver.set_forkserver_preload(PRELOAD)  # before any start, whichever thread wins
-    threading.Thread(target=forkserver.ensure_running, name="forkserver-start", daemon=True).start()
+    start_forkserver_soon(PRELOAD)

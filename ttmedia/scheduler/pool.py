@@ -17,13 +17,14 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from ttmedia import problems
 from ttmedia.runners import registry
 from ttmedia.runners.types import FINAL_TYPES, Progress, TokenChunk, Tokenizer
+from ttmedia.scheduler import errors
 from ttmedia.scheduler import protocol as p
 from ttmedia.scheduler.devices import ServedModel
 from ttmedia.scheduler.protocol import RunnerInfo
 from ttmedia.scheduler.readiness import ModelState, WorkerState, derive_state, retry_after
+from ttmedia.scheduler.status import ModelStatus, WorkerStatus
 from ttmedia.scheduler.worker import WorkerHandle
 from ttmedia.settings import Settings
 
@@ -34,9 +35,14 @@ _ids = itertools.count(1)
 #: Send a call ahead to a busy worker only while this model's calls take less device time.
 CALL_AHEAD_BELOW_S = 1.0
 
+#: Calls sent to a busy worker beyond its capacity. They wait inside the worker and start the
+#: moment a running call ends, so the device does not idle for a round trip through the
+#: scheduler between calls (bench scenario 3: 2-3 ms lost per call without it).
+CALLS_AHEAD = 1
+
 
 class _OpenStreams:
-    """How many token streams this process is delivering right now (see ttmedia/fastpath.py)."""
+    """How many token streams this process is delivering right now (see ttmedia/web/fastpath.py)."""
 
     count = 0
 
@@ -57,13 +63,48 @@ class Ticket:
     future: asyncio.Future[Any] | None = None
     chunks: asyncio.Queue[Any] | None = None
     error: BaseException | None = None
-    worker: WorkerHandle | None = None
+    sent_to: WorkerCalls | None = None  # the worker that holds it, once dispatched
     attempts: int = 0
     started: bool = False  # a stream has produced output: it cannot be replayed
     enqueued_at: float = field(default_factory=time.monotonic)
     dispatched_at: float = 0.0
     progress_at: float = 0.0  # last sign of life from the device: dispatch, or a stream's chunk
     siblings: list[Ticket] | None = None  # requests that stand or fall together (submit_all)
+
+
+@dataclass(eq=False)
+class WorkerCalls:
+    """What the pool has handed one worker, and the pool alone changes: the worker process
+    (scheduler/worker.py) knows nothing of requests."""
+
+    worker: WorkerHandle
+    inflight: dict[str, Ticket] = field(default_factory=dict)  # request id → its ticket
+    batches: dict[str, set[str]] = field(default_factory=dict)  # call id → its requests still out
+    calls_ahead: deque[tuple[str, list[Ticket]]] = field(default_factory=deque)  # waiting in the worker
+    load: int = 0  # runner calls in flight, a canary's included
+
+    @property
+    def free(self) -> bool:
+        """A call sent now starts at once."""
+        return self.worker.state is WorkerState.READY and self.load < self.worker.capacity
+
+    @property
+    def takes_call_ahead(self) -> bool:
+        """A call sent now waits inside the worker for a running call to end."""
+        return self.worker.state is WorkerState.READY and self.load < self.worker.capacity + CALLS_AHEAD
+
+    @property
+    def idle(self) -> bool:
+        return self.load == 0 and not self.inflight
+
+    def forget(self) -> list[Ticket]:
+        """Everything sent to a worker that is gone; the requests it held."""
+        held = list(self.inflight.values())
+        self.inflight.clear()
+        self.batches.clear()
+        self.calls_ahead.clear()
+        self.load = 0
+        return held
 
 
 class ModelPool:
@@ -75,6 +116,7 @@ class ModelPool:
         self.loop = loop
         self.pending: deque[Ticket] = deque()
         self.workers: list[WorkerHandle] = [make_worker(self, group) for group in model.groups]
+        self._sent = {w: WorkerCalls(w) for w in self.workers}
         self.draining = False
         self.drain_deadline = 0.0
         self.service_time_s = max(model.info.timing.base_s, 0.001)  # EWMA of per-request time
@@ -93,6 +135,17 @@ class ModelPool:
     def name(self) -> str:
         return self.model.name
 
+    def calls_of(self, worker: WorkerHandle) -> WorkerCalls:
+        """What this pool has sent `worker` (read it; only the pool changes it)."""
+        return self._sent[worker]
+
+    def hold_slot(self, worker: WorkerHandle) -> None:
+        """A call the scheduler sends itself (a canary) takes a device slot: requests queue behind it."""
+        self._sent[worker].load += 1
+
+    def release_slot(self, worker: WorkerHandle) -> None:
+        self._sent[worker].load -= 1
+
     def state(self) -> ModelState:
         now = time.monotonic()
         return derive_state([w.view(now) for w in self.workers], self.draining)
@@ -105,7 +158,7 @@ class ModelPool:
         # soon, and HTTP clients such as the OpenAI SDK ignore Retry-After beyond a minute or two.
         return min(retry_after(views, state, self.drain_deadline - now), self.settings.retry_after_max_seconds)
 
-    def not_ready(self, reason: str | None = None, detail: str | None = None) -> problems.NotReady:
+    def not_ready(self, reason: str | None = None, detail: str | None = None) -> errors.NotReady:
         state = self.state()
         reason = reason or state.reason or "no_workers"
         messages = {
@@ -117,12 +170,27 @@ class ModelPool:
             "device_error": f"The device serving {self.name} failed; it is being reset.",
         }
         text = messages[reason] + (f" ({detail})" if detail else "")
-        return problems.NotReady(text, reason=reason, retry_after=self.retry_after(),
-                                 model=self.name, state=state.value)
+        kind = {"worker_lost": errors.WorkerLost, "device_error": errors.DeviceFailed}.get(reason)
+        if kind is not None:
+            return kind(text, retry_after=self.retry_after(), model=self.name, state=state.value)
+        return errors.NotReady(text, reason=reason, retry_after=self.retry_after(), model=self.name,
+                               state=state.value)
 
     def check_ready(self) -> None:
         if not self.state().serving:
             raise self.not_ready()
+
+    def status(self) -> ModelStatus:
+        model = self.model
+        return ModelStatus(self.name, model.family, self.state(), len(self.pending), model.runner,
+                           model.runner_target, model.simulated, tuple(self._worker_status(w) for w in self.workers))
+
+    def _worker_status(self, w: WorkerHandle) -> WorkerStatus:
+        alive = w.alive
+        return WorkerStatus(
+            w.worker_id, w.pid if alive else None, alive, w.state, tuple(w.spec.context.device_group),
+            w.info.mesh_shape, w.start_time, w.ready_time, w.restart_count, w.error_count,
+            len(self._sent[w].inflight), len(self._sent[w].calls_ahead), w.last_error, w.warmup_progress, w.canary_ok_at)
 
     # --- the model's tokenizer (in this process: prompts, usage, context checks) ----------------
 
@@ -138,7 +206,7 @@ class ModelPool:
         """The model's tokenizer; a model of a family that needs one (llm) must have it."""
         loaded = await self.maybe_tokenizer()
         if loaded is None:
-            raise problems.Internal(f"runner {self.model.runner} of {self.name} provides no tokenizer "
+            raise errors.RunnerIncomplete(f"runner {self.model.runner} of {self.name} provides no tokenizer "
                                     "(Runner.load_tokenizer)")
         return loaded
 
@@ -164,7 +232,7 @@ class ModelPool:
         if len(self.pending) >= self.settings.max_queue_size:
             ready = sum(w.state is WorkerState.READY for w in self.workers) or 1
             wait = len(self.pending) * self.service_time_s / ready
-            raise problems.QueueFull(
+            raise errors.QueueFull(
                 f"The queue of {self.name} is full ({self.settings.max_queue_size} requests waiting).",
                 retry_after=min(wait, self.settings.retry_after_max_seconds),
             )
@@ -179,7 +247,7 @@ class ModelPool:
         return ticket
 
     async def submit(self, request: Any) -> Any:
-        """Run one non-streaming request; its result, or a Problem if it cannot be served."""
+        """Run one non-streaming request; its result, or a SchedulerError if it cannot be served."""
         return (await self.submit_all([request]))[0]
 
     async def submit_all(self, requests: list[Any]) -> list[Any]:
@@ -190,7 +258,7 @@ class ModelPool:
         try:
             for request in requests:
                 group.append(self._admit(request, stream=False, siblings=group if len(requests) > 1 else None))
-        except problems.Problem as refused:
+        except errors.SchedulerError as refused:
             self._withdraw(group, refused)
             raise
         timeout = self.settings.request_processing_timeout_seconds
@@ -229,12 +297,12 @@ class ModelPool:
     def _expire(self, ticket: Ticket) -> None:
         if ticket.future is not None and not ticket.future.done():
             self._timed_out(ticket)
-            self._fail(ticket, problems.Timeout(
+            self._fail(ticket, errors.CallTimedOut(
                 f"{self.name} did not answer within {self.settings.request_processing_timeout_seconds:g} s."))
 
     def open_stream(self, request: Any) -> AsyncIterator[Any]:
-        """Admit a streaming request now (so 429/503 come before any 200), then iterate its
-        chunks; the last item is the family's result."""
+        """Admit a streaming request now (so a full queue or an unready model is refused before
+        any output), then iterate its chunks; the last item is the family's result."""
         ticket = self._admit(request, stream=True)
         return self._iterate(ticket)
 
@@ -254,7 +322,7 @@ class ModelPool:
                             chunk = await ticket.chunks.get()
                     except TimeoutError:
                         self._timed_out(ticket)
-                        raise problems.Timeout(
+                        raise errors.CallTimedOut(
                             f"{self.name} stopped producing output for {timeout:g} s.") from None
                 if chunk is _STREAM_FAILED:
                     finished = True
@@ -274,21 +342,21 @@ class ModelPool:
     def pump(self) -> None:
         """Hand waiting requests to ready workers with free capacity, then one call ahead to busy ones."""
         while self.pending:
-            worker = min((w for w in self.workers if w.free), key=lambda w: w.load, default=None)
-            if worker is None:
-                worker = self._worker_for_call_ahead()
-                if worker is None:
+            to = min((c for c in self._sent.values() if c.free), key=lambda c: c.load, default=None)
+            if to is None:
+                to = self._worker_for_call_ahead()
+                if to is None:
                     return
             elif self._hold_for_batch():
                 return
             first = self.pending.popleft()
             if first.stream:
-                self._send(worker, [first], (p.STREAM, first.id, first.request))
+                self._send(to, [first], (p.STREAM, first.id, first.request))
                 continue
-            batch = self._batch_from(first, worker.info)
+            batch = self._batch_from(first, to.worker.info)
             batch_id = f"b{next(_ids)}"
-            worker.batches[batch_id] = {t.id for t in batch}
-            self._send(worker, batch, (p.RUN, batch_id, [(t.id, t.request) for t in batch]))
+            to.batches[batch_id] = {t.id for t in batch}
+            self._send(to, batch, (p.RUN, batch_id, [(t.id, t.request) for t in batch]))
 
     def batch_limit(self, info: RunnerInfo | None) -> int:
         """The most requests one call takes: the model's setting, else what the runner asks for,
@@ -329,7 +397,7 @@ class ModelPool:
                 del batch[fit:]
         return batch
 
-    def _worker_for_call_ahead(self) -> WorkerHandle | None:
+    def _worker_for_call_ahead(self) -> WorkerCalls | None:
         """A busy worker that may take the next call now, to start it when its running call ends.
 
         Only for short calls: there a round trip through the scheduler is a real share of device
@@ -338,7 +406,7 @@ class ModelPool:
         later requests can join it."""
         if self.call_time_s is None or self.call_time_s >= CALL_AHEAD_BELOW_S or not self._whole_call_waiting():
             return None
-        return min((w for w in self.workers if w.takes_call_ahead), key=lambda w: w.load, default=None)
+        return min((c for c in self._sent.values() if c.takes_call_ahead), key=lambda c: c.load, default=None)
 
     def _whole_call_waiting(self) -> bool:
         """The head of the queue makes a full call: a stream, or MAX_BATCH_SIZE requests that
@@ -367,21 +435,21 @@ class ModelPool:
         self._pump_timer = False
         self.pump()
 
-    def _send(self, worker: WorkerHandle, tickets: list[Ticket], message: tuple[Any, ...]) -> None:
-        ahead = not worker.free
+    def _send(self, to: WorkerCalls, tickets: list[Ticket], message: tuple[Any, ...]) -> None:
+        ahead = not to.free
         for t in tickets:
-            t.worker = worker
-            worker.inflight[t.id] = t
+            t.sent_to = to
+            to.inflight[t.id] = t
         if ahead:
             # Not on the device yet: its clocks (service time, "no progress" in wedged_tickets,
             # queue wait) start when a running call ends and the worker starts it.
             for t in tickets:
                 t.dispatched_at = t.progress_at = math.inf
-            worker.calls_ahead.append((message[1], tickets))
+            to.calls_ahead.append((message[1], tickets))
         else:
             self._on_device(tickets)
-        worker.load += 1
-        worker.send_soon(message)  # a dead pipe is noticed by the reader, which re-dispatches
+        to.load += 1
+        to.worker.send_soon(message)  # a dead pipe is noticed by the reader, which re-dispatches
 
     def _on_device(self, tickets: list[Ticket]) -> None:
         now = time.monotonic()
@@ -390,80 +458,80 @@ class ModelPool:
         if self.observer is not None:
             self.observer.dispatched(self.name, [now - t.enqueued_at for t in tickets])
 
-    def _finish(self, worker: WorkerHandle, ticket_id: str) -> Ticket | None:
-        ticket = worker.inflight.pop(ticket_id, None)
+    def _finish(self, calls: WorkerCalls, ticket_id: str) -> Ticket | None:
+        ticket = calls.inflight.pop(ticket_id, None)
         if ticket is None:
             return None
-        for batch_id, members in list(worker.batches.items()):
+        for batch_id, members in list(calls.batches.items()):
             if ticket_id in members:
                 members.discard(ticket_id)
                 if not members:
-                    del worker.batches[batch_id]
-                    self._call_ended(worker, ticket)
+                    del calls.batches[batch_id]
+                    self._call_ended(calls, ticket)
                 break
         else:  # a stream
-            self._call_ended(worker, ticket)
+            self._call_ended(calls, ticket)
         elapsed = time.monotonic() - ticket.dispatched_at
         if elapsed >= 0:  # not a call that ended while it waited ahead (a cancelled stream)
             self.service_time_s = 0.8 * self.service_time_s + 0.2 * elapsed
         return ticket
 
-    def _call_ended(self, worker: WorkerHandle, last: Ticket) -> None:
-        worker.load -= 1
-        for call in worker.calls_ahead:
+    def _call_ended(self, calls: WorkerCalls, last: Ticket) -> None:
+        calls.load -= 1
+        for call in calls.calls_ahead:
             if last in call[1]:  # it never started: the worker drops it from its queue
-                worker.calls_ahead.remove(call)
+                calls.calls_ahead.remove(call)
                 return
         elapsed = time.monotonic() - last.dispatched_at
         self.call_time_s = elapsed if self.call_time_s is None else 0.8 * self.call_time_s + 0.2 * elapsed
         # The worker starts its waiting calls as running ones end, in the order they were sent.
-        while worker.calls_ahead and worker.load - len(worker.calls_ahead) < worker.capacity:
-            self._on_device(worker.calls_ahead.popleft()[1])
+        while calls.calls_ahead and calls.load - len(calls.calls_ahead) < calls.worker.capacity:
+            self._on_device(calls.calls_ahead.popleft()[1])
 
-    def _drop_call_ahead(self, worker: WorkerHandle, leaving: Ticket) -> None:
+    def _drop_call_ahead(self, calls: WorkerCalls, leaving: Ticket) -> None:
         """`leaving`'s client is gone (left, or timed out). If it waits ahead in the worker and
         nobody else in its call still waits for an answer, the worker forgets the call."""
-        for call_id, tickets in worker.calls_ahead:
+        for call_id, tickets in calls.calls_ahead:
             if leaving in tickets:
                 break
         else:
             return
         if any(t is not leaving and t.future is not None and not t.future.done() for t in tickets):
             return
-        worker.calls_ahead.remove((call_id, tickets))
-        worker.batches.pop(call_id, None)
+        calls.calls_ahead.remove((call_id, tickets))
+        calls.batches.pop(call_id, None)
         for t in tickets:
-            worker.inflight.pop(t.id, None)
-            t.worker = None
-        worker.load -= 1
-        worker.send_soon((p.DROP, call_id))
+            calls.inflight.pop(t.id, None)
+            t.sent_to = None
+        calls.load -= 1
+        calls.worker.send_soon((p.DROP, call_id))
 
     def _settle(self) -> None:
-        if not self.pending and not any(w.inflight for w in self.workers):
+        if not self.pending and not any(c.inflight for c in self._sent.values()):
             self.idle.set()
         self.pump()
 
     # --- messages from workers ------------------------------------------------------------------
 
     def on_result(self, worker: WorkerHandle, ticket_id: str, result: Any) -> None:
-        ticket = self._finish(worker, ticket_id)
+        ticket = self._finish(self._sent[worker], ticket_id)
         if ticket and ticket.future and not ticket.future.done():
             ticket.future.set_result(result)
         self._settle()
 
     def on_error(self, worker: WorkerHandle, ticket_id: str, kind: str, message: str) -> None:
         worker.error_count += 1
-        ticket = self._finish(worker, ticket_id)
+        ticket = self._finish(self._sent[worker], ticket_id)
         if ticket:
             if kind == p.ERROR_REQUEST:
-                exc: problems.Problem = problems.InvalidRequest(f"{self.name} rejected the request: {message}")
+                exc: errors.SchedulerError = errors.RunnerRejected(f"{self.name} rejected the request: {message}")
             else:
-                exc = problems.Internal(f"{self.name} failed on this request: {message}")
+                exc = errors.RunnerFailed(f"{self.name} failed on this request: {message}")
             self._fail(ticket, exc)
         self._settle()
 
     def on_chunk(self, worker: WorkerHandle, ticket_id: str, chunk: Any) -> None:
-        ticket = worker.inflight.get(ticket_id)
+        ticket = self._sent[worker].inflight.get(ticket_id)
         if ticket and ticket.chunks is not None:
             ticket.started = True
             ticket.progress_at = time.monotonic()
@@ -475,41 +543,39 @@ class ModelPool:
     def on_progress(self, worker: WorkerHandle, call_id: str, _progress: Progress) -> None:
         """A run() call reported progress: the device is alive, whatever its requests' age."""
         now = time.monotonic()
-        for ticket_id in worker.batches.get(call_id, ()):
-            ticket = worker.inflight.get(ticket_id)
+        calls = self._sent[worker]
+        for ticket_id in calls.batches.get(call_id, ()):
+            ticket = calls.inflight.get(ticket_id)
             if ticket is not None and ticket.dispatched_at <= now:
                 ticket.progress_at = now
 
     def on_end(self, worker: WorkerHandle, ticket_id: str, final: Any) -> None:
-        ticket = self._finish(worker, ticket_id)
+        ticket = self._finish(self._sent[worker], ticket_id)
         if ticket and ticket.chunks is not None:
             ticket.chunks.put_nowait(final)
         self._settle()
 
     def on_device_error(self, worker: WorkerHandle, ticket_ids: list[str], message: str) -> None:
-        """The device broke under these requests: 503 `device_error` for them (they are not
+        """The device broke under these requests: DeviceFailed for them (they are not
         replayed: the same input may break it again). The worker's exit handles the rest."""
         worker.error_count += 1
+        calls = self._sent[worker]
         for ticket_id in ticket_ids:
-            ticket = self._finish(worker, ticket_id)
+            ticket = self._finish(calls, ticket_id)
             if ticket is not None:
                 self._fail(ticket, self.not_ready("device_error", detail=message))
         self._settle()
 
     def on_worker_lost(self, worker: WorkerHandle) -> None:
-        """A worker died holding requests: re-dispatch each once, or fail it with 503."""
-        orphans = list(worker.inflight.values())
-        worker.inflight.clear()
-        worker.batches.clear()
-        worker.calls_ahead.clear()
-        worker.load = 0
+        """A worker died holding requests: re-dispatch each once, or fail it with WorkerLost."""
+        orphans = self._sent[worker].forget()
         has_ready = any(w.state is WorkerState.READY for w in self.workers if w is not worker)
         for ticket in reversed(orphans):  # reversed + appendleft keeps their order
             if ticket.future is not None and ticket.future.done():
                 continue  # already answered (timed out, or its client left): nothing to redo
             if has_ready and ticket.attempts == 0 and not ticket.started and not self.draining:
                 ticket.attempts += 1
-                ticket.worker = None
+                ticket.sent_to = None
                 self.pending.appendleft(ticket)
             else:
                 self._fail(ticket, self.not_ready("worker_lost"))
@@ -543,15 +609,15 @@ class ModelPool:
     def wedged_tickets(self, worker: WorkerHandle, now: float) -> list[Ticket]:
         # 10 ms of slack: a request dispatched at admission reaches its deadline a hair early.
         limit = self.progress_deadline(worker) - 0.01
-        return [t for t in worker.inflight.values() if now - t.progress_at >= limit]
+        return [t for t in self._sent[worker].inflight.values() if now - t.progress_at >= limit]
 
     def replace_wedged(self, worker: WorkerHandle) -> None:
-        """A hang: 504 for the requests the device made no progress on, and a fresh worker."""
+        """A hang: CallTimedOut for the requests the device made no progress on, and a fresh worker."""
         limit = self.progress_deadline(worker)
         worker.last_error = f"the device showed no progress on a request for {limit:g} s; replaced as wedged"
         for ticket in self.wedged_tickets(worker, time.monotonic()):
-            worker.inflight.pop(ticket.id, None)
-            self._fail(ticket, problems.Timeout(f"{self.name} made no progress on this request for {limit:g} s."))
+            self._sent[worker].inflight.pop(ticket.id, None)
+            self._fail(ticket, errors.CallTimedOut(f"{self.name} made no progress on this request for {limit:g} s."))
         worker.kill()  # its other requests are re-dispatched or failed when the exit is seen
 
     def _abandon(self, ticket: Ticket, settle: bool = True) -> None:
@@ -560,13 +626,13 @@ class ModelPool:
             self.pending.remove(ticket)
         except ValueError:
             pass
-        worker = ticket.worker
-        if worker is not None and ticket.id in worker.inflight:
+        calls = ticket.sent_to
+        if calls is not None and ticket.id in calls.inflight:
             if ticket.stream:
-                worker.send_soon((p.CANCEL, ticket.id))  # after any queued STREAM for it
-                self._finish(worker, ticket.id)
+                calls.worker.send_soon((p.CANCEL, ticket.id))  # after any queued STREAM for it
+                self._finish(calls, ticket.id)
             else:
-                self._drop_call_ahead(worker, ticket)
+                self._drop_call_ahead(calls, ticket)
         if settle:
             self._settle()
 
@@ -575,12 +641,12 @@ class ModelPool:
         the deadline counts queue time too, so a request dispatched late says nothing about the
         device. Whether the device is wedged is judged by `wedged_tickets` (time since the
         device last showed progress on a request), which the scheduler's watchdog checks."""
-        worker = ticket.worker
-        if worker is not None and ticket.id in worker.inflight:
-            if self.wedged_tickets(worker, time.monotonic()):
-                self.replace_wedged(worker)
+        calls = ticket.sent_to
+        if calls is not None and ticket.id in calls.inflight:
+            if self.wedged_tickets(calls.worker, time.monotonic()):
+                self.replace_wedged(calls.worker)
             elif not ticket.stream:
-                self._drop_call_ahead(worker, ticket)
+                self._drop_call_ahead(calls, ticket)
         else:
             try:
                 self.pending.remove(ticket)

@@ -17,7 +17,7 @@ worker → scheduler:
     (READY, warmup_seconds, RunnerInfo)
     (INIT_FAILED, message)
     (RESULT, request_id, result)
-    (ERROR, request_id, kind, message)              kind: "request" (422) | "internal" (500)
+    (ERROR, request_id, kind, message)              kind: "request" (RunnerRejected) | "internal" (RunnerFailed)
     (DEVICE_ERROR, message, [request_id, ...])      the device broke; the worker exits next
     (CHUNK, request_id, chunk)
     (TOKEN, request_id, text, token_ids)            one TokenChunk of a stream

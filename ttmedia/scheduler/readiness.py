@@ -1,4 +1,4 @@
-"""Per-model readiness, derived from the states of its workers (DESIGN.md, Readiness)."""
+"""Per-model readiness, derived from the states of its workers (docs/architecture.md, Readiness)."""
 
 from __future__ import annotations
 
@@ -30,7 +30,7 @@ class ModelState(str, enum.Enum):
 
     @property
     def reason(self) -> str:
-        """The 503 reason for a state that does not serve."""
+        """Why a state does not serve (errors.READINESS_REASONS)."""
         return {
             ModelState.STARTING: "warming_up",
             ModelState.WARMING: "warming_up",

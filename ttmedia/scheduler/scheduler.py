@@ -1,5 +1,5 @@
 """The Scheduler: every served model's pool, worker lifecycle (restart with backoff, watchdog,
-warmup deadline, idle canary, device errors, resets) and the views that /health and
+warmup deadline, idle canary, device errors, resets) and the snapshot that /health and
 /tt-liveness report."""
 
 from __future__ import annotations
@@ -12,19 +12,21 @@ import os
 import signal
 import time
 from dataclasses import replace
+from collections.abc import Callable
 from typing import Any
 
-from ttmedia import problems
-from ttmedia.context import note
 from ttmedia.runners.base import RunnerContext
 from ttmedia.runners.catalog import DEVICE_SPEED
 from ttmedia.runners.faults import Fault, parse_faults
+from ttmedia.runners.types import EMBEDDING, LLM
 from ttmedia.scheduler import protocol as p
+from ttmedia.scheduler.errors import ResetFailed, UnknownDevice, UnknownModel
 from ttmedia.scheduler.devices import DeviceGroup, ServedModel, format_group, served_models
 from ttmedia.scheduler.pool import ModelPool
 from ttmedia.scheduler.protocol import WorkerSpec
 from ttmedia.scheduler.readiness import ModelState, WorkerState
 from ttmedia.scheduler.forkserver import start_forkserver
+from ttmedia.scheduler.status import SchedulerStatus
 from ttmedia.scheduler.worker import EARLY_LAUNCH, WorkerHandle
 from ttmedia.settings import Settings
 
@@ -37,10 +39,6 @@ RESET_COMMAND_TIMEOUT_S = 120.0
 RESET_STDERR_LINES = 5
 
 _canary_ids = itertools.count(1)
-
-
-class ResetFailed(Exception):
-    """RESET_DEVICE_COMMAND failed; the message carries its exit code and the end of its stderr."""
 
 
 def worker_spec(settings: Settings, faults: tuple[Fault, ...], model: ServedModel, group: DeviceGroup,
@@ -71,6 +69,21 @@ def launch_workers_early(settings: Settings, models: list[ServedModel]) -> None:
     EARLY_LAUNCH.start([worker_spec(settings, faults, m, g, incarnation=1) for m in models for g in m.groups])
 
 
+def model_names(pool: ModelPool, strict: bool = False) -> list[str]:
+    """The names a request may give for `pool`'s model: its served name and Hugging Face id
+    (and, unless strict, its catalog name), without repeats, the served name first."""
+    info = pool.model.info
+    names = [pool.name, info.hf_id] if strict else [pool.name, info.name, info.hf_id]
+    return list(dict.fromkeys(n for n in names if n))
+
+
+def matches(pool: ModelPool, name: str, strict: bool = False) -> bool:
+    if strict:
+        return name in model_names(pool, strict=True)
+    wanted = name.casefold()
+    return any(wanted == n.casefold() for n in model_names(pool))
+
+
 class Scheduler:
     def __init__(self, settings: Settings, models: list[ServedModel] | None = None) -> None:
         self.settings = settings
@@ -80,7 +93,7 @@ class Scheduler:
         self._watchdog: asyncio.Task[None] | None = None
         self.started_at = time.monotonic()
         self.last_watch = time.monotonic()  # the watchdog's last tick: /livez checks it
-        self.observer: Any = None  # ttmedia.metrics.Metrics, when attached
+        self.observer: Any = None  # ttmedia.observability.metrics.Metrics, when attached
         self._background: set[asyncio.Task[None]] = set()
         start_forkserver()  # overlaps the rest of the server's start-up
 
@@ -102,7 +115,7 @@ class Scheduler:
                 else:
                     worker.spawn()
         for pool in self.pools.values():
-            if pool.model.family in ("llm", "embedding") and not pool.model.missing:
+            if pool.model.family in (LLM, EMBEDDING) and not pool.model.missing:
                 pool.load_tokenizer_soon()
         self._watchdog = asyncio.ensure_future(self._watch())
         log.info("scheduler started: %s", ", ".join(
@@ -296,22 +309,22 @@ class Scheduler:
             pool.replace_wedged(w)
         elif w.canary is not None and now > w.canary[1]:
             self._canary_failed(pool, w, f"the canary request did not finish within {w.info.canary_timeout_s:g} s")
-        elif self._canary_due(w, now):
+        elif self._canary_due(pool, w, now):
             call_id = f"c{next(_canary_ids)}"
             w.canary = (call_id, now + w.info.canary_timeout_s)
-            w.load += 1  # the canary holds a device slot: requests queue behind it
+            pool.hold_slot(w)  # the canary holds a device slot: requests queue behind it
             w.send_soon((p.CANARY, call_id))
 
-    def _canary_due(self, w: WorkerHandle, now: float) -> bool:
+    def _canary_due(self, pool: ModelPool, w: WorkerHandle, now: float) -> bool:
         interval = self.settings.canary_interval_seconds
         return (interval > 0 and w.info.canary and w.canary is None and w.state is WorkerState.READY
-                and w.load == 0 and not w.inflight and now - w.last_active >= interval)
+                and pool.calls_of(w).idle and now - w.last_active >= interval)
 
     def _canary_done(self, pool: ModelPool, w: WorkerHandle, call_id: str, ok: bool, message: str) -> None:
         if w.canary is None or w.canary[0] != call_id:
             return  # an answer after its deadline: the worker is being replaced already
         w.canary = None
-        w.load -= 1
+        pool.release_slot(w)
         w.last_active = time.monotonic()
         if ok:
             w.canary_ok_at = time.time()
@@ -328,20 +341,34 @@ class Scheduler:
 
     # --- lookup ---------------------------------------------------------------------------------
 
-    def pool(self, family: str, model: str | None = None) -> ModelPool:
-        """The pool serving `model` (default: the family's first served model)."""
-        candidates = [pl for pl in self.pools.values() if pl.model.family == family]
+    def pool(self, family: str, model: str | None = None,
+             serves: Callable[[ModelPool], bool] | None = None) -> ModelPool:
+        """The pool that answers a request of `family` naming `model` (None: the default).
+
+        A name matches a served model by its served name, catalog name or Hugging Face id,
+        case-insensitively (exactly, served name or Hugging Face id only, with
+        STRICT_MODEL_NAMES). A name that matches nothing reaches the route's only candidate when
+        there is exactly one: upstream serves one model per process and its clients send
+        `"test"` or `"default"`. With several candidates it is UnknownModel, listing them. `serves`
+        says which of the family's models can serve this route (video: text- or image-to-video);
+        by default all of them. The caller refuses a named model that cannot.
+        """
+        family_pools = [pl for pl in self.pools.values() if pl.model.family == family]
+        if not family_pools:
+            raise UnknownModel(f"No {family} model is served by this server.")
+        candidates = [pl for pl in family_pools if serves is None or serves(pl)] or family_pools
+        chosen: ModelPool | None = candidates[0]
         if model:
-            for pl in candidates:
-                if model in (pl.name, pl.model.info.name, pl.model.info.hf_id):
-                    note(model=pl.name)
-                    return pl
-            served = ", ".join(pl.name for pl in candidates) or "none"
-            raise problems.ModelNotFound(f"Model {model!r} is not served here (served for this route: {served}).")
-        if not candidates:
-            raise problems.ModelNotFound(f"No {family} model is served by this server.")
-        note(model=candidates[0].name)
-        return candidates[0]
+            strict = self.settings.strict_model_names
+            chosen = next((pl for pl in family_pools if matches(pl, model, strict)), None)
+            if chosen is None and not strict and len(candidates) == 1:
+                chosen = candidates[0]
+            if chosen is None:
+                served = ", ".join(pl.name for pl in candidates)
+                raise UnknownModel(
+                    f"Model {model!r} is not served here (served for this route: {served}).")
+        assert chosen is not None
+        return chosen
 
     @property
     def watching(self) -> bool:
@@ -351,10 +378,10 @@ class Scheduler:
         return {pl.model.family for pl in self.pools.values()}
 
     def gate(self, family: str) -> None:
-        """Raise 503 unless at least one model of the family can serve (the readiness gate)."""
+        """Raise NotReady unless at least one model of the family can serve (the readiness gate)."""
         candidates = [pl for pl in self.pools.values() if pl.model.family == family]
         if not candidates:
-            raise problems.ModelNotFound(f"No {family} model is served by this server.")
+            raise UnknownModel(f"No {family} model is served by this server.")
         if not any(pl.state().serving for pl in candidates):
             raise min(candidates, key=lambda pl: pl.retry_after()).not_ready()
 
@@ -366,7 +393,7 @@ class Scheduler:
             for w in pool.workers:
                 if wanted == w.worker_id or wanted in {str(d) for d in w.spec.context.device_group}:
                     return w
-        raise problems.NotFound(f"No worker uses device {device_id!r}.")
+        raise UnknownDevice(f"No worker uses device {device_id!r}.")
 
     async def reset_worker(self, worker: WorkerHandle) -> None:
         """Reset the device (RESET_DEVICE_COMMAND), then restart its worker now, whatever its
@@ -419,34 +446,7 @@ class Scheduler:
     def model_states(self) -> dict[str, ModelState]:
         return {name: pool.state() for name, pool in self.pools.items()}
 
-    def liveness(self) -> dict[str, Any]:
-        states = self.model_states()
-        worker_info: dict[str, Any] = {}
-        models: dict[str, Any] = {}
-        for name, pool in self.pools.items():
-            infos = {w.worker_id: w.liveness() for w in pool.workers}
-            worker_info.update(infos)
-            models[name] = {
-                "family": pool.model.family,
-                "state": states[name].value,
-                "model_ready": states[name].serving,
-                "queue_size": len(pool.pending),
-                "runner_in_use": pool.model.runner,
-                "runner_target": pool.model.runner_target,
-                "simulated": pool.model.simulated,
-                "worker_info": infos,
-            }
-        meshes = [w.info.mesh_shape for pool in self.pools.values() for w in pool.workers]
-        return {
-            "status": "alive",
-            "model_ready": bool(states) and all(s.serving for s in states.values()),
-            "queue_size": sum(len(pool.pending) for pool in self.pools.values()),
-            "max_queue_size": self.settings.max_queue_size,
-            # Upstream serves one model on one mesh; with several, the first worker's.
-            "device_mesh_shape": list(meshes[0]) if meshes else [1, 1],
-            "device": self.settings.device,
-            "worker_info": worker_info,
-            "runner_in_use": ",".join(sorted({pl.model.runner for pl in self.pools.values()})),
-            "pid": os.getpid(),
-            "models": models,
-        }
+    def status(self) -> SchedulerStatus:
+        """Every model and worker as they stand now (what /tt-liveness reports)."""
+        return SchedulerStatus(self.settings.device, self.settings.max_queue_size,
+                               tuple(pool.status() for pool in self.pools.values()))

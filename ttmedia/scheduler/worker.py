@@ -11,11 +11,10 @@ import asyncio
 import multiprocessing
 import threading
 import time
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from multiprocessing.connection import Connection
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ttmedia.scheduler import protocol as p
 from ttmedia.scheduler import worker_main
@@ -23,9 +22,6 @@ from ttmedia.scheduler.channel import Channel
 from ttmedia.scheduler.forkserver import CONTEXT
 from ttmedia.scheduler.protocol import RunnerInfo, WorkerSpec
 from ttmedia.scheduler.readiness import WorkerState, WorkerView
-
-if TYPE_CHECKING:
-    from ttmedia.scheduler.pool import Ticket
 
 @dataclass
 class Launched:
@@ -115,11 +111,6 @@ EARLY_LAUNCH = EarlyLaunch()
 #: Seconds a freshly spawned interpreter needs before the runner starts warming (imports).
 SPAWN_OVERHEAD_S = 1.0
 
-#: Calls sent to a busy worker beyond its capacity. They wait inside the worker and start the
-#: moment a running call ends, so the device does not idle for a round trip through the
-#: scheduler between calls (bench scenario 3: 2-3 ms lost per call without it).
-CALLS_AHEAD = 1
-
 
 class WorkerHandle:
     def __init__(
@@ -138,10 +129,6 @@ class WorkerHandle:
         self.channel: Channel | None = None
         self.pid: int | None = None
         self.info = RunnerInfo()  # what the runner declared (HELLO, READY)
-        self.load = 0  # runner calls in flight
-        self.inflight: dict[str, Ticket] = {}
-        self.calls_ahead: deque[tuple[str, list[Ticket]]] = deque()  # (call id, tickets) waiting in the worker
-        self.batches: dict[str, set[str]] = {}
         self.restart_count = 0
         self.restart_times: list[float] = []
         self.error_count = 0
@@ -172,16 +159,6 @@ class WorkerHandle:
     @property
     def alive(self) -> bool:
         return self.process is not None and self.process.is_alive()
-
-    @property
-    def free(self) -> bool:
-        """A call sent now starts at once."""
-        return self.state is WorkerState.READY and self.load < self.capacity
-
-    @property
-    def takes_call_ahead(self) -> bool:
-        """A call sent now waits inside the worker for a running call to end."""
-        return self.state is WorkerState.READY and self.load < self.capacity + CALLS_AHEAD
 
     def view(self, now: float) -> WorkerView:
         eta = 0.0 if self.state is WorkerState.READY else max(self.ready_due - now, 0.0)
@@ -218,8 +195,6 @@ class WorkerHandle:
         self.spawned_at = launched.at
         self.last_heartbeat = time.monotonic()
         self.ready_due = max(self.ready_due, self.spawned_at + self.expected_warmup_s)
-        self.load = 0
-        self.calls_ahead.clear()
         self.canary, self.device_error, self.warmup_progress = None, None, None
 
     def _reap(self, process: multiprocessing.process.BaseProcess, incarnation: int) -> None:
@@ -261,23 +236,3 @@ class WorkerHandle:
         process = self.process
         if process is not None and process.is_alive():
             process.kill()
-
-    def liveness(self) -> dict[str, Any]:
-        """The upstream worker_info entry, plus our state and last error."""
-        return {
-            "pid": self.pid if self.alive else None,
-            "is_alive": self.alive,
-            "start_time": self.start_time,
-            "is_ready": self.state is WorkerState.READY,
-            "restart_count": self.restart_count,
-            "error_count": self.error_count,
-            "ready_time": self.ready_time,
-            "state": self.state.value,
-            "devices": list(self.spec.context.device_group),
-            "in_flight": len(self.inflight),
-            "calls_ahead": len(self.calls_ahead),
-            "last_error": self.last_error,
-            "warmup_progress": self.warmup_progress,
-            "last_canary_ok": self.canary_ok_at,
-            "mesh_shape": list(self.info.mesh_shape),
-        }

@@ -40,7 +40,7 @@ _DONE = object()
 
 
 class RunnerBug(Exception):
-    """The runner broke the SDK's contract (wrong result type or count): a 500 that says why."""
+    """The runner broke the SDK's contract (wrong result type or count): an internal error that says why."""
 
 
 class Worker:
@@ -315,7 +315,7 @@ class Worker:
         assert self.runner is not None
         method = self.runner.stream
         if inspect.isasyncgenfunction(method) or inspect.isgeneratorfunction(method):
-            iterator = method(request)
+            iterator: Any = method(request)
         else:
             iterator = await self._invoke(method, request)
         if hasattr(iterator, "__anext__"):
@@ -324,8 +324,8 @@ class Worker:
             return
         context = contextvars.copy_context()
         try:
-            while (item := await self.loop.run_in_executor(self.device, context.run, next, iterator, _DONE)) \
-                    is not _DONE:
+            step: Any = context.run  # run_in_executor's typing cannot follow run(next, iterator, default)
+            while (item := await self.loop.run_in_executor(self.device, step, next, iterator, _DONE)) is not _DONE:
                 yield item
         finally:
             close = getattr(iterator, "close", None)
@@ -398,6 +398,7 @@ class Worker:
             self.send((p.INIT_FAILED, f"{type(exc).__name__}: {exc}"))
             self._outbox.flush()
             return 3
+        assert self.runner is not None
         self.info = RunnerInfo.of(self.runner, len(self.spec.context.device_group))  # warmup may settle it
         self.send((p.READY, time.monotonic() - started, self.info))
         await self.stopping.wait()

@@ -11,31 +11,97 @@ after a restart; the loss curve is a function of the step, so a resumed run cont
 from __future__ import annotations
 
 import asyncio
+import csv
 import math
 import os
 import random
+import re
 import struct
 import tempfile
 import zipfile
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import orjson
 
-from ttmedia.runners.base import Runner, device_time
+from ttmedia.runners.base import Runner, RunnerRequestError, device_time
+from ttmedia.runners.sim import tokenizer
 from ttmedia.runners.types import Progress, TrainingEvent, TrainingRequest, TrainingResult
 
 #: Training examples per upstream dataset loader (SST2 and Alpaca train splits); Custom: a guess.
 DATASET_SIZES = {"SST2": 67_349, "Alpaca": 52_002, "Custom": 10_000}
 _LAYERS = 2
 _HIDDEN = 64
+_PLACEHOLDER = re.compile(r"{([A-Za-z_][A-Za-z0-9_]*)}")
 
 
-def total_steps(request: TrainingRequest) -> tuple[int, int]:
-    """(steps to run, steps per epoch). max_steps > 0 caps the run, as upstream."""
+@dataclass
+class Dataset:
+    """A Custom dataset as the trainer sees it: one prompt per record, and their token counts."""
+
+    path: str
+    prompts: list[str]
+    tokens: list[int]
+
+    def truncated(self, max_tokens: int) -> int:
+        return sum(1 for n in self.tokens if n > max_tokens)
+
+
+def _records(path: str, file_type: str) -> list[dict[str, Any]]:
+    kind = file_type.lower()
+    with open(path, encoding="utf-8", newline="") as fh:
+        if kind == "csv":
+            return list(csv.DictReader(fh))
+        if kind == "jsonl":
+            rows = [orjson.loads(line) for line in fh if line.strip()]
+        elif kind == "json":
+            rows = orjson.loads(fh.read())
+            if isinstance(rows, dict):  # {"data": [...]} or {"train": [...]}: the one list inside
+                lists = [v for v in rows.values() if isinstance(v, list)]
+                rows = lists[0] if len(lists) == 1 else [rows]
+        else:
+            raise RunnerRequestError(f"file_type {file_type!r} is not one of jsonl, json, csv")
+    if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
+        raise RunnerRequestError(f"{path}: expected one JSON object per record")
+    return rows
+
+
+def load_dataset(path: str | None, file_type: str | None, template: str | None,
+                 column_mapping: dict[str, str] | None, role: str = "train") -> Dataset:
+    """Read a Custom dataset and fill `template` from each record (through `column_mapping`:
+    template field → the record's column). Raises RunnerRequestError with what is wrong."""
+    if not path or not file_type or not template:
+        raise RunnerRequestError("dataset_loader Custom needs train_dataset_path, file_type and template")
+    try:
+        rows = _records(path, file_type)
+    except FileNotFoundError:
+        raise RunnerRequestError(f"{role} dataset {path!r} does not exist on this server") from None
+    except (OSError, UnicodeDecodeError, orjson.JSONDecodeError, csv.Error) as exc:
+        raise RunnerRequestError(f"{role} dataset {path!r} cannot be read as {file_type}: {exc}") from None
+    if not rows:
+        raise RunnerRequestError(f"{role} dataset {path!r} has no records")
+    mapping = column_mapping or {}
+    prompts = []
+    for number, row in enumerate(rows, 1):
+        def fill(match: re.Match[str], row: dict[str, Any] = row, number: int = number) -> str:
+            column = mapping.get(match.group(1), match.group(1))
+            if column not in row:
+                raise RunnerRequestError(f"{role} dataset record {number} has no column {column!r} "
+                                         f"(template field {{{match.group(1)}}})")
+            return str(row[column])
+
+        prompts.append(_PLACEHOLDER.sub(fill, template))
+    return Dataset(path, prompts, [len(tokenizer.encode(p)) for p in prompts])
+
+
+def total_steps(request: TrainingRequest, examples: int | None = None) -> tuple[int, int]:
+    """(steps to run, steps per epoch) over `examples` training examples (default: the built-in
+    dataset's size). max_steps > 0 caps the run, as upstream."""
     per_batch = max(1, request.batch_size) * max(1, request.gradient_accumulation_steps)
-    per_epoch = max(1, math.ceil(DATASET_SIZES.get(request.dataset_loader, 10_000) / per_batch))
+    size = examples if examples is not None else DATASET_SIZES.get(request.dataset_loader, 10_000)
+    per_epoch = max(1, math.ceil(size / per_batch))
     epochs = max(1, request.num_epochs)
     return (min(request.max_steps, per_epoch * epochs) if request.max_steps > 0 else per_epoch * epochs), per_epoch
 
@@ -56,17 +122,26 @@ class SimTrainerRunner(Runner):
 
     async def stream(self, request: TrainingRequest) -> AsyncIterator[TrainingEvent | Progress | TrainingResult]:
         t = self.ctx.timing
-        total, per_epoch = total_steps(request)
+        train = val = None
+        if request.dataset_loader == "Custom":
+            train, val = await asyncio.to_thread(self._custom_datasets, request)
+        total, per_epoch = total_steps(request, len(train.prompts) if train else None)
         start = request.resume_step
         lr = request.learning_rate or 2e-5
         steps_freq = max(1, request.steps_freq)
-        val_freq = max(0, request.val_steps_freq)
+        # A Custom dataset is validated only against a validation file of its own.
+        val_freq = max(0, request.val_steps_freq) if (train is None or val is not None) else 0
         save_interval = max(0, request.save_interval)
         grad_acc = max(1, request.gradient_accumulation_steps)
-        seed = request.job_id
+        seed = request.job_id + (f"/{len(train.prompts)}" if train else "")
         yield TrainingEvent("log", start, message=(
             f"Training {self.ctx.model} with LoRA r={request.lora_r} on {request.dataset_loader}: "
             f"{total} steps ({per_epoch} per epoch), starting at step {start}."))
+        for dataset in (d for d in (train, val) if d is not None):
+            cut = dataset.truncated(request.dataset_max_sequence_length)
+            yield TrainingEvent("log", start, message=(
+                f"{dataset.path}: {len(dataset.prompts)} examples, up to {max(dataset.tokens)} tokens"
+                + (f"; {cut} truncated to {request.dataset_max_sequence_length}" if cut else "") + "."))
         await device_time(t.base_s)
         loss = loss_at(max(start, 1), total, lr, seed)
         last_saved, last_progress = start, -1
@@ -89,6 +164,15 @@ class SimTrainerRunner(Runner):
                 last_progress = progress
                 yield Progress(progress, step, total)
         yield TrainingResult(total, loss)
+
+    @staticmethod
+    def _custom_datasets(request: TrainingRequest) -> tuple[Dataset, Dataset | None]:
+        train = load_dataset(request.train_dataset_path, request.file_type, request.template, request.column_mapping)
+        val = None
+        if request.val_dataset_path:
+            val = load_dataset(request.val_dataset_path, request.file_type, request.template, request.column_mapping,
+                               role="validation")
+        return train, val
 
     async def _checkpoint(self, request: TrainingRequest, step: int, epoch: int, loss: float) -> TrainingEvent:
         ckpt_id = f"checkpoint-{step}"

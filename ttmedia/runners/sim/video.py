@@ -52,7 +52,7 @@ class SimVideoRunner(Runner):
         from ttmedia.media import video
 
         frames, width, height = request.num_frames, request.width, request.height
-        source = video.synthesize_frames(request.prompt, request.seed, frames, width, height)
+        source = video.synthesize_frames(request.prompt, request.seed, frames, width, height, request.fps)
         conditioning = list(zip(request.images, request.frame_positions, strict=False))
         size = video.write_mp4(_condition(source, conditioning, frames), width, height, request.output_path,
                                request.fps)

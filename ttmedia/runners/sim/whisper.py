@@ -42,7 +42,7 @@ def voiced_regions(samples: np.ndarray, rate: int = SAMPLE_RATE) -> list[tuple[i
     floor, peak = np.percentile(rms, 10), np.percentile(rms, 99)
     voiced = (rms >= max(_ABS_FLOOR, floor + 0.25 * (peak - floor))) & (rms > _ABS_FLOOR)
     runs: list[list[int]] = []
-    for i in np.flatnonzero(voiced):
+    for i in map(int, np.flatnonzero(voiced)):
         if runs and i - runs[-1][1] <= _BRIDGE_S / FRAME_S:
             runs[-1][1] = i + 1
         else:

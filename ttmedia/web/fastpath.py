@@ -23,7 +23,6 @@ import asyncio
 import typing as t
 
 from connexion.apps.asynchronous import AsyncApi, AsyncASGIApp, AsyncOperation
-from connexion.context import operation as context_operation
 from connexion.context import receive as context_receive
 from connexion.context import scope as context_scope
 from connexion.decorators import StarletteDecorator
@@ -31,7 +30,7 @@ from connexion.decorators.parameter import pythonic, sanitized, unwrap_decorator
 from connexion import utils
 from connexion.exceptions import UnsupportedMediaTypeProblem
 from connexion.http_facts import FORM_CONTENT_TYPES
-from connexion.lifecycle import ConnexionRequest, ConnexionResponse
+from connexion.lifecycle import ConnexionResponse
 from connexion.middleware.routing import RoutingMiddleware
 from connexion.middleware.request_validation import (
     RequestValidationAPI,
@@ -40,36 +39,34 @@ from connexion.middleware.request_validation import (
 )
 from connexion.utils import inspect_function_arguments
 from connexion.validators import ParameterValidator
-from starlette._utils import get_route_path
 from starlette.responses import Response as StarletteResponse
 from starlette.routing import Match, Mount, Route, Router
 from starlette.types import Receive, Scope, Send
 
+from ttmedia.internals import connexion as internal_connexion
+from ttmedia.internals.connexion import ParsedFormRequest
+from ttmedia.internals.starlette import route_path
 from ttmedia.scheduler.pool import OPEN_STREAMS
-from ttmedia.validation import PARSED_BODY, PARSED_FORM
+from ttmedia.web.validation import PARSED_BODY, PARSED_FORM
 
 _NOTHING = object()
 
 
-class ParsedBodyRequest(ConnexionRequest):
+class ParsedBodyRequest(ParsedFormRequest):
     """A request whose body the validator has already parsed (when it has)."""
 
     async def get_body(self) -> t.Any:
-        parsed = self._starlette_request.scope.get("extensions", {}).get(PARSED_BODY, _NOTHING)
+        parsed = self.scope.get("extensions", {}).get(PARSED_BODY, _NOTHING)
         if parsed is not _NOTHING:
             return parsed
         return await super().get_body()
 
     async def files(self) -> t.Any:
-        if self._files is None and self.mimetype not in FORM_CONTENT_TYPES:
-            self._files = {}  # not a form: nothing to parse, and no form() to ask
+        self.no_files_unless(self.mimetype in FORM_CONTENT_TYPES)
         return await super().files()
 
-    async def _split_form_files(self) -> None:
-        form = self._starlette_request.scope.get("extensions", {}).get(PARSED_FORM)
-        if form is not None:
-            self._starlette_request._form = form  # Starlette's own cache: form() returns it
-        await super()._split_form_files()
+    def parsed_form(self) -> t.Any:
+        return self.scope.get("extensions", {}).get(PARSED_FORM)
 
 
 class PreparedAsyncOperation(AsyncOperation):
@@ -78,21 +75,22 @@ class PreparedAsyncOperation(AsyncOperation):
     def _prepare(self) -> tuple[t.Any, t.Callable[..., t.Any], tuple[t.Callable[..., t.Any], str] | None]:
         decorator = StarletteDecorator(pythonic_params=self.pythonic_params, jsonifier=self.jsonifier)
         # uri_parser reads the current operation from Connexion's context: fixed for this operation.
-        self._prepared = (decorator.uri_parser, decorator.decorate(self._fn), self._direct())
+        handler = internal_connexion.operation_handler(self)
+        self._prepared = (decorator.uri_parser, decorator.decorate(handler), self._direct(handler))
         return self._prepared
 
-    def _direct(self) -> tuple[t.Callable[..., t.Any], str] | None:
+    def _direct(self, handler: t.Callable[..., t.Any]) -> tuple[t.Callable[..., t.Any], str] | None:
         """The handler, called with the parsed body alone, when that is all Connexion's decorators
         would give it: no path, query or header parameters, one argument, the body. (Three
         layers of decorators and their argument assembly cost more than the handler, per request.)"""
-        spec_operation = context_operation._get_current_object()  # type: ignore[attr-defined]
-        arguments, has_kwargs = inspect_function_arguments(unwrap_decorators(self._fn))
+        spec_operation = internal_connexion.current_spec_operation()
+        arguments, has_kwargs = inspect_function_arguments(unwrap_decorators(handler))
         sanitize = pythonic if self.pythonic_params else sanitized
         body_name = sanitize(spec_operation.body_name(None))
         if (spec_operation.parameters or has_kwargs or arguments != [body_name]
-                or not asyncio.iscoroutinefunction(self._fn)):
+                or not asyncio.iscoroutinefunction(handler)):
             return None
-        return self._fn, body_name
+        return handler, body_name
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> t.Any:
         if OPEN_STREAMS.count:
@@ -146,9 +144,9 @@ class PreparedRequestValidationOperation(RequestValidationOperation):
 
     def _parameter_validator(self) -> ParameterValidator:
         if self._parameters is None:
-            operation = self._operation
-            uri_parser = operation._uri_parser_class(operation.parameters, operation.body_definition())
-            self._parameters = self._validator_map["parameter"](
+            operation = internal_connexion.validated_operation(self)
+            uri_parser = operation.uri_parser_class(operation.parameters, operation.body_definition())
+            self._parameters = internal_connexion.validator_map(self)["parameter"](
                 operation.parameters, uri_parser=uri_parser, strict_validation=self.strict_validation,
                 security_query_params=self.security_query_params)
         return self._parameters
@@ -164,18 +162,19 @@ class PreparedRequestValidationOperation(RequestValidationOperation):
                 known = accepted[mime_type] = False
         if not known:
             raise UnsupportedMediaTypeProblem(
-                detail=f"Invalid Content-type ({mime_type}), expected {self._operation.consumes}")
+                detail=f"Invalid Content-type ({mime_type}), expected "
+                       f"{internal_connexion.validated_operation(self).consumes}")
 
     def _body_validator(self, mime_type: str, encoding: str) -> t.Any:
         cache = self.__dict__.setdefault("_body", {})
         entry = cache.get((mime_type, encoding))
         if entry is None:
-            operation = self._operation
+            operation = internal_connexion.validated_operation(self)
             schema = operation.body_schema(mime_type)
             validator_cls = None
             if schema:
                 try:
-                    validator_cls = self._validator_map["body"][mime_type]
+                    validator_cls = internal_connexion.validator_map(self)["body"][mime_type]
                 except KeyError:
                     validator_cls = None
             kwargs = {
@@ -202,7 +201,8 @@ class PreparedRequestValidationOperation(RequestValidationOperation):
         if found is None:
             mime_type, encoding = utils.split_content_type(content_type)
             if mime_type is None:  # no Content-Type: the operation's default
-                mime_type = self._operation.consumes[0] if self._operation.consumes else "application/octet-stream"
+                consumes = internal_connexion.validated_operation(self).consumes
+                mime_type = consumes[0] if consumes else "application/octet-stream"
             found = (mime_type, encoding or "utf-8")
             if content_type is not None and len(_CONTENT_TYPES) < 256:
                 _CONTENT_TYPES[content_type] = found
@@ -257,7 +257,7 @@ class IndexedRoutes:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
-            for route in self.index.get(get_route_path(scope), ()):
+            for route in self.index.get(route_path(scope), ()):
                 match, child_scope = route.matches(scope)
                 if match is Match.FULL:
                     scope.setdefault("router", self.router)

@@ -7,7 +7,7 @@ source of every default.
 
 Each body is read and parsed once. Connexion's validators re-serialise a JSON body for the
 handler (json.dumps), which parses it again (json.loads); here the parsed, validated body is
-handed over in the request's scope (PARSED_BODY, read by ttmedia.fastpath), and so is a parsed
+handed over in the request's scope (PARSED_BODY, read by ttmedia.web.fastpath), and so is a parsed
 multipart form (PARSED_FORM). A body is read to its end whatever its framing: a chunked body
 has no Content-Length, which Connexion takes for no body at all.
 """
@@ -24,14 +24,20 @@ import jsonschema_rs
 import orjson
 from connexion.datastructures import MediaTypeDict
 from connexion.exceptions import NonConformingResponseBody
-from connexion.validators import FormDataValidator, MultiPartFormDataValidator, TextResponseBodyValidator
+from connexion.validators import (
+    FormDataValidator,
+    MultiPartFormDataValidator,
+    ParameterValidator,
+    TextResponseBodyValidator,
+)
 from connexion.validators.json import JSONRequestBodyValidator, JSONResponseBodyValidator
 from starlette.datastructures import FormData, Headers
 from starlette.formparsers import FormParser, MultiPartParser
 from starlette.types import Receive, Scope
 
-from ttmedia.problems import InvalidRequest, MalformedBody
-from ttmedia.schema_compile import compile_validator, error_text, fill_defaults
+from ttmedia.internals.connexion import BodyValidatorHooks, FormValidatorHooks, ResponseValidatorHooks
+from ttmedia.web.problems import InvalidRequest, MalformedBody, NotFound
+from ttmedia.web.schema_compile import compile_validator, error_text, fill_defaults
 
 #: scope["extensions"] keys of the parsed body and of a parsed multipart form.
 PARSED_BODY = "ttmedia.body"
@@ -105,52 +111,50 @@ def parse_json(raw: bytes) -> t.Any:
     return value
 
 
-class JSONBodyValidator(JSONRequestBodyValidator):
-    STATELESS = True  # one instance may validate every request of its operation (ttmedia.fastpath)
-
-    @property
-    def _validator(self) -> t.Any:
-        return _compiled_for(self._schema)
+class JSONBodyValidator(BodyValidatorHooks, JSONRequestBodyValidator):
+    STATELESS = True  # one instance may validate every request of its operation (ttmedia.web.fastpath)
 
     async def wrap_receive(self, receive: Receive, *, scope: Scope) -> tuple[Receive, Scope]:
         raw = await _read_body(receive)
+        schema = self.body_schema
         body = parse_json(raw) if raw.strip() else None
-        if body is None and raw.strip() == b"" and self._schema.get("default") is not None:
-            body = copy.deepcopy(self._schema["default"])
-        if not (body is None and self._nullable):
-            self._validate(body)
+        if body is None and raw.strip() == b"" and schema.get("default") is not None:
+            body = copy.deepcopy(schema["default"])
+        if not (body is None and self.body_nullable):
+            self.validate_body(body)
         scope.setdefault("extensions", {})[PARSED_BODY] = body
         # The bytes as they came, for anything below that reads the body itself.
-        return self._insert_messages(receive, messages=[{"type": "http.request", "body": raw}]), scope
+        return self.replay(receive, [{"type": "http.request", "body": raw}]), scope
 
-    def _validate(self, body: t.Any) -> dict | None:
+    def validate_body(self, body: t.Any) -> dict | None:
         if body is None:
-            if self._nullable:
+            if self.body_nullable:
                 return None
             raise InvalidRequest("A JSON request body is required.")
         try:
-            self._validator.validate(body)
+            _compiled_for(self.body_schema).validate(body)
         except jsonschema_rs.ValidationError as exc:
             raise InvalidRequest(error_text(exc)) from None
         except ValueError as exc:  # the validator's own limits (recursion), not the schema's verdict
             raise MalformedBody(f"The request body cannot be validated: {exc}") from None
-        fill_defaults(self._schema, body)
+        fill_defaults(self.body_schema, body)
         return body
 
 
-class CompiledJSONResponseBodyValidator(JSONResponseBodyValidator):
+class CompiledJSONResponseBodyValidator(ResponseValidatorHooks, JSONResponseBodyValidator):
     """VALIDATE_RESPONSES with the compiled validator: Connexion's pure-Python one took 20 s
     for a 2,048-vector embeddings answer, far past any client's timeout."""
 
     @property
     def validator(self) -> t.Any:
-        key = ("response", id(self._schema))
+        schema = self.response_schema
+        key = ("response", id(schema))
         entry = _compiled.get(key)
         if entry is None:
-            entry = _compiled[key] = (self._schema, compile_validator(self._schema, formats=True))
+            entry = _compiled[key] = (schema, compile_validator(schema, formats=True))
         return entry[1]
 
-    def _parse(self, stream: t.Generator[bytes, None, None]) -> t.Any:
+    def parse_response(self, stream: t.Generator[bytes, None, None]) -> t.Any:
         body = b"".join(stream)
         if not body:
             return None
@@ -159,7 +163,7 @@ class CompiledJSONResponseBodyValidator(JSONResponseBodyValidator):
         except orjson.JSONDecodeError as exc:
             raise NonConformingResponseBody(f"Response body is not JSON: {exc}") from None
 
-    def _validate(self, body: t.Any) -> None:
+    def validate_response(self, body: t.Any) -> None:
         try:
             self.validator.validate(body)
         except jsonschema_rs.ValidationError as exc:
@@ -179,33 +183,25 @@ class _KeptForm:
         return form
 
 
-class _WholeForm:
+class _WholeForm(FormValidatorHooks):
     """A form validator that reads the whole body whatever its framing, validates it with the
     compiled schema, and hands the parsed form on instead of the bytes to parse again."""
 
-    _schema: dict[str, t.Any]
-    _strict_validation: bool
     _base_parser: t.Any
     _form: FormData | None = None
 
-    @property
-    def _form_parser_cls(self) -> t.Any:
-        def make(headers: Headers, stream: t.Any) -> _KeptForm:
-            return _KeptForm(self._base_parser(headers, stream), self._keep)
-
-        return make
+    def form_parser(self, headers: Headers, stream: t.Any) -> _KeptForm:
+        return _KeptForm(self._base_parser(headers, stream), self._keep)
 
     def _keep(self, form: FormData) -> None:
         self._form = form
-
-    _required: bool
 
     async def wrap_receive(self, receive: Receive, *, scope: Scope) -> tuple[Receive, Scope]:
         first = await receive()
         if first["type"] != "http.request":
             raise ClientLeft("the client left before its request body was complete")
         if not first.get("body") and not first.get("more_body", False):  # no body at all
-            if self._required:
+            if self.body_required:
                 raise InvalidRequest("A request body is required.")
             return receive, scope
         if "content-type" not in Headers(scope=scope):
@@ -223,19 +219,19 @@ class _WholeForm:
                 yield message.get("body", b"")
             yield b""
 
-        body = await self._parse(stream(), scope=scope)  # type: ignore[attr-defined]
+        body = await self.parse_form(stream(), scope)
         if self._form is not None:
             scope.setdefault("extensions", {})[PARSED_FORM] = self._form
-        self._validate(body)
+        self.validate_body(body)
         return receive, scope
 
-    def _validate(self, body: t.Any) -> None:
+    def validate_body(self, body: t.Any) -> None:
         if not isinstance(body, dict):
             raise InvalidRequest("The form could not be read as fields.")
-        if self._strict_validation:
-            self._validate_params_strictly(body)  # type: ignore[attr-defined]
+        if self.strict:
+            self.check_no_extra_fields(body)
         try:
-            _compiled_for(self._schema).validate(body)
+            _compiled_for(self.body_schema).validate(body)
         except jsonschema_rs.ValidationError as exc:
             raise InvalidRequest(error_text(exc)) from None
 
@@ -254,15 +250,15 @@ class NDJSONResponseBodyValidator(CompiledJSONResponseBodyValidator):
     Without it Connexion's `*/*json` validator would parse the whole stream as one JSON document.
     """
 
-    def _parse(self, stream: t.Generator[bytes, None, None]) -> t.Any:
+    def parse_response(self, stream: t.Generator[bytes, None, None]) -> t.Any:
         try:
             return [orjson.loads(line) for line in b"".join(stream).splitlines() if line.strip()]
         except orjson.JSONDecodeError as exc:
             raise NonConformingResponseBody(f"NDJSON line is not JSON: {exc}") from None
 
-    def _validate(self, body: t.Any) -> None:
+    def validate_response(self, body: t.Any) -> None:
         for line in body or []:
-            super()._validate(line)
+            super().validate_response(line)
 
 
 class _MemoMediaTypeDict(MediaTypeDict):
@@ -278,7 +274,20 @@ class _MemoMediaTypeDict(MediaTypeDict):
             return value
 
 
+class PathParameterValidator(ParameterValidator):
+    """A path names a resource; a malformed id names none, so it is 404 (upstream's answer), not
+    a validation error. Query and header parameters are validated as Connexion does (422)."""
+
+    def validate_path_parameter(self, param: dict[str, t.Any], request: t.Any) -> str | None:
+        error = super().validate_path_parameter(param, request)
+        if error:
+            name = param["name"]
+            raise NotFound(f"{name} {request.path_params.get(name)!r} names nothing here: it is not a valid {name}.")
+        return None
+
+
 VALIDATOR_MAP = {
+    "parameter": PathParameterValidator,
     "body": _MemoMediaTypeDict(
         {
             "*/*json": JSONBodyValidator,

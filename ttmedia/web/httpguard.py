@@ -4,7 +4,8 @@ uvicorn closes a kept-alive connection that stays idle (`timeout_keep_alive`), a
 parser caps an incomplete request (`h11_max_incomplete_event_size`); its default parser,
 httptools, buffers a header of any size, and nothing times out a client that connects and
 sends nothing, sends its headers a byte at a time, or stops half-way through a body. Each such
-connection holds memory and a socket for ever. The protocol classes here add:
+connection holds memory and a socket for ever. The protocol classes here (subclasses of
+uvicorn's, whose parser callbacks they extend: ttmedia.internals.uvicorn) add:
 
 * a cap on the request line and headers (431, then the connection is closed);
 * a deadline for the request line and headers, counted from the connection or from the
@@ -18,13 +19,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any
 
 import h11
-from uvicorn.protocols.http.h11_impl import H11Protocol
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from ttmedia import problems
+from ttmedia.web import problems
+from ttmedia.internals.uvicorn import H11Protocol, HttpToolsProtocol, h11_peer_state, reading_paused
 
 log = logging.getLogger("ttmedia.http")
 
@@ -50,7 +49,6 @@ class _Guard:
 
     transport: asyncio.Transport
     loop: asyncio.AbstractEventLoop
-    flow: Any
 
     _phase = HEAD
     _head_bytes = 0
@@ -113,7 +111,7 @@ class _Guard:
         if self._phase != BODY or self.transport.is_closing():
             return
         idle = self.loop.time() - self._body_seen
-        if self.flow.read_paused:  # we stopped reading, not the client
+        if reading_paused(self):  # we stopped reading, not the client
             self._body_seen, idle = self.loop.time(), 0.0
         if idle >= Limits.body_timeout_s:
             log.info("closed a connection whose request body paused for %.0f s", idle)
@@ -139,7 +137,7 @@ class _HeaderTimeout(problems.Problem):
     status, reason = 408, "timeout"
 
 
-class GuardedHttpToolsProtocol(_Guard, HttpToolsProtocol):
+class GuardedHttpToolsProtocol(_Guard, HttpToolsProtocol):  # type: ignore[misc]  # uvicorn narrows connection_made too
     _head_size = 0  # request line and headers as parsed (a complete head can be too large too)
 
     def on_message_begin(self) -> None:
@@ -174,12 +172,12 @@ class GuardedHttpToolsProtocol(_Guard, HttpToolsProtocol):
         super().on_message_complete()
 
 
-class GuardedH11Protocol(_Guard, H11Protocol):
+class GuardedH11Protocol(_Guard, H11Protocol):  # type: ignore[misc]  # as above
     """h11 caps incomplete requests itself (h11_max_incomplete_event_size); the timeouts follow
     its state machine."""
 
     def _observe_phase(self) -> None:
-        state = self.conn.their_state
+        state = h11_peer_state(self)
         if state is h11.SEND_BODY:
             if self._phase != BODY:
                 self._start_body()

@@ -71,7 +71,7 @@ def check_bind_allowed(host: str, settings: Settings) -> None:
     """Refuse to serve an open API beyond this machine unless the operator says so.
 
     `ttmedia serve` asks before it binds; the app factory asks with the host of the uvicorn
-    server that calls it (ttmedia.app), so both entry points refuse the same way.
+    server that calls it (ttmedia.web.app), so both entry points refuse the same way.
     """
     if not is_loopback(host) and not settings.auth_enabled and not settings.no_auth:
         raise BindRefused(

@@ -1,6 +1,6 @@
 """The readiness gate: 503 + Retry-After for a media operation whose model family cannot serve.
 
-It sits after routing and security and before body validation (DESIGN.md, Request path), so a
+It sits after routing and security and before body validation (docs/architecture.md, Request path), so a
 wrong method is still 405, a missing key 401, and a warming model answers without the body
 being read. Operations opt in with `x-ttmedia-family` in the spec.
 """
@@ -10,13 +10,15 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from connexion.middleware.abstract import ROUTING_CONTEXT
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from ttmedia import problems
-from ttmedia.routing import operation_of
-from ttmedia.runtime import Runtime
-from ttmedia.security import header_authorized
+from ttmedia.internals.connexion import record_operation_id
+from ttmedia.scheduler.errors import SchedulerError
+from ttmedia.web import problems
+from ttmedia.web.routing import operation_of
+from ttmedia.web.runtime import Runtime
+from ttmedia.web.scheduler_problems import as_problem
+from ttmedia.web.security import header_authorized
 
 #: scope["extensions"] key: the early gate found this family serving; the gate need not ask again.
 GATED = "ttmedia.gated"
@@ -42,7 +44,10 @@ class ReadinessGate:
         if scope["type"] == "http":
             family = self.families.get(operation_of(scope))
             if family is not None and scope.get("extensions", {}).get(GATED) != family:
-                self.runtime.scheduler.gate(family)
+                try:
+                    self.runtime.scheduler.gate(family)
+                except SchedulerError as refused:
+                    raise as_problem(refused) from None
         await self.app(scope, receive, send)
 
 
@@ -86,7 +91,7 @@ class EarlyGate:
             extensions[GATED] = family  # serving: the full path's gate need not ask again
         elif isinstance(answer, problems.NotReady):
             # Label the answer with its operation, as routing would have (metrics, logs).
-            extensions.setdefault(ROUTING_CONTEXT, {})["operation_id"] = operation_id
+            record_operation_id(scope, operation_id)
             return answer
         return None
 
@@ -102,8 +107,8 @@ class EarlyGate:
         answer: problems.Problem | None = None
         try:
             self.runtime.scheduler.gate(family)
-        except problems.Problem as problem:
-            answer = problem
+        except SchedulerError as refused:
+            answer = as_problem(refused)
         self._answers[family] = (states, now, answer)
         return answer
 

@@ -20,6 +20,8 @@ from typing import IO, Any
 
 import orjson
 
+from ttmedia.internals.stdlib import skip_caller_lookup
+
 #: Records waiting for the writer before new ones are dropped (a stalled stderr).
 MAX_QUEUED = 10_000
 #: How often the writer writes what has come: lines reach stderr at most this late.
@@ -99,7 +101,7 @@ class _Writer:
     def _drain(self) -> None:
         records = self.records
         while records:
-            lines = []
+            lines: list[str] = []
             # In small pieces: formatting holds the GIL, and the event loop may be waiting for it.
             while records and len(lines) < 64:
                 record = records.popleft()
@@ -205,7 +207,7 @@ def configure_logging(level: str, fmt: str, *, server: bool = False) -> None:
         logging.logThreads = False
         logging.logProcesses = False
         logging.logMultiprocessing = False
-        logging._srcfile = None  # type: ignore[attr-defined]  # no stack walk per record
+        skip_caller_lookup()  # no stack walk per record
 
 
 def request_line(logger: logging.Logger, fields: dict[str, Any]) -> None:

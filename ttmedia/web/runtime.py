@@ -5,11 +5,11 @@ from __future__ import annotations
 import weakref
 from dataclasses import dataclass, field
 
-from connexion.context import _scope
+from ttmedia.internals.connexion import current_scope
 
 from ttmedia.jobs.manager import JobManager
-from ttmedia.looplag import LoopLag
-from ttmedia.metrics import Metrics
+from ttmedia.observability.looplag import LoopLag
+from ttmedia.observability.metrics import Metrics
 from ttmedia.scheduler.scheduler import Scheduler
 from ttmedia.settings import Settings
 
@@ -42,4 +42,4 @@ def begin_drain() -> None:
 def current() -> Runtime:
     """The runtime of the app serving the current request (lifespan state), read from the
     request's scope: `connexion.request.state` builds two request objects on every access."""
-    return _scope.get()["state"]["runtime"]  # type: ignore[no-any-return]
+    return current_scope()["state"]["runtime"]  # type: ignore[no-any-return]

@@ -2,7 +2,7 @@
 
 The spec declares the header as a required parameter of every org-scoped operation (marked
 `x-ttmedia-org-scoped: true`). Left to Connexion, a missing header would be a parameter error
-(422); the contract says 401 `unauthorized` (DESIGN.md, error table): no organisation is an
+(422); the contract says 401 `unauthorized` (docs/architecture.md, error table): no organisation is an
 identity problem, like no API key. So this check runs after security and before validation.
 
 ORG_ID_HEADER may rename the header (a proxy that sets its own); the value is then copied to the
@@ -16,8 +16,8 @@ from typing import Any
 from connexion import request
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from ttmedia import problems
-from ttmedia.routing import operation_of
+from ttmedia.web import problems
+from ttmedia.web.routing import operation_of
 from ttmedia.settings import Settings
 
 #: The header name in openapi.yaml.

@@ -12,18 +12,17 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from connexion.middleware.abstract import ROUTING_CONTEXT
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from ttmedia.problems import MethodNotAllowed
+from ttmedia.internals.connexion import routed_operation_id
+from ttmedia.web.problems import MethodNotAllowed
 
 _METHODS = {"get", "put", "post", "delete", "patch"}
 
 
 def operation_of(scope: Scope) -> str:
     """The operationId the request was routed to ("" before routing or for an unknown path)."""
-    routed = scope.get("extensions", {}).get(ROUTING_CONTEXT, {}).get("operation_id") or ""
-    return str(routed).rpartition(".")[2]
+    return routed_operation_id(scope).rpartition(".")[2]
 
 
 def allowed_methods(path_item: dict[str, Any]) -> list[str]:

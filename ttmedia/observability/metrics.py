@@ -14,7 +14,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from ttmedia.looplag import LAG_BUCKETS
+from ttmedia.observability.looplag import LAG_BUCKETS
 from ttmedia.scheduler.readiness import ModelState, WorkerState
 
 if TYPE_CHECKING:
@@ -100,13 +100,13 @@ class SchedulerCollector(Collector):
             waiting.add_metric([name], len(pool.pending) + ahead)
             running.add_metric([name], on_device)
             depth.add_metric([name], len(pool.pending))
-            inflight.add_metric([name], sum(len(w.inflight) for w in pool.workers))
+            inflight.add_metric([name], sum(len(pool.calls_of(w).inflight) for w in pool.workers))
             current = pool.state()
             for state in ModelState:
                 model_state.add_metric([name, state.value], 1.0 if state is current else 0.0)
             for w in pool.workers:
-                for state in WorkerState:
-                    worker_state.add_metric([name, w.worker_id, state.value], 1.0 if w.state is state else 0.0)
+                for wstate in WorkerState:
+                    worker_state.add_metric([name, w.worker_id, wstate.value], 1.0 if w.state is wstate else 0.0)
                 restarts.add_metric([name, w.worker_id], w.restart_count)
                 errors.add_metric([name, w.worker_id], w.error_count)
         yield from (depth, inflight, model_state, worker_state, restarts, errors, waiting, running)
@@ -115,6 +115,7 @@ class SchedulerCollector(Collector):
 def queued_and_running(pool: Any) -> tuple[int, int]:
     """(requests sent ahead to a busy worker but not started, requests on the devices), read
     from the pool's workers without changing them."""
-    ahead = sum(len(tickets) for w in pool.workers for _call_id, tickets in w.calls_ahead)
-    held = sum(len(w.inflight) for w in pool.workers)
+    sent = [pool.calls_of(w) for w in pool.workers]
+    ahead = sum(len(tickets) for c in sent for _call_id, tickets in c.calls_ahead)
+    held = sum(len(c.inflight) for c in sent)
     return ahead, held - ahead

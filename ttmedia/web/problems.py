@@ -49,6 +49,13 @@ class MalformedBody(Problem):
     status, reason = 400, "malformed_body"
 
 
+class ContextLengthExceeded(Problem):
+    """400, as upstream, vLLM and OpenAI answer it (OpenAI clients catch it as BadRequestError):
+    the prompt (plus the tokens asked for) does not fit the model's context."""
+
+    status, reason = 400, "context_length_exceeded"
+
+
 class Unauthorized(Problem):
     status, reason = 401, "unauthorized"
 
@@ -117,7 +124,7 @@ class NotImplementedYet(Problem):
 
 
 class NotReady(Problem):
-    """503: the model cannot serve now. `reason` is one of the readiness reasons in DESIGN.md."""
+    """503: the model cannot serve now. `reason` is one of the readiness reasons in docs/architecture.md."""
 
     status = 503
     REASONS = ("warming_up", "no_workers", "init_failed", "draining", "worker_lost", "device_error")

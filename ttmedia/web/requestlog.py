@@ -2,7 +2,7 @@
 slash rule, metrics, and one structured log line per request (LOG_REQUESTS).
 
 It sits above Connexion's exception handling, so it sees every answer, problems included.
-Deeper code adds facts to the request's note (ttmedia.context): the model, the problem reason.
+Deeper code adds facts to the request's note (ttmedia.web.context): the model, the problem reason.
 """
 
 from __future__ import annotations
@@ -16,14 +16,15 @@ from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from ttmedia import problems
-from ttmedia.context import RequestNote, current_note
-from ttmedia.disconnect import CLIENT_CLOSED, run_until_disconnect
-from ttmedia.logs import request_line
-from ttmedia.metrics import Metrics
-from ttmedia.routing import operation_of
+from ttmedia.web import problems
+from ttmedia.web.context import RequestNote, current_note
+from ttmedia.internals.connexion import keep_routing_record
+from ttmedia.web.disconnect import CLIENT_CLOSED, run_until_disconnect
+from ttmedia.observability.logs import request_line
+from ttmedia.observability.metrics import Metrics
+from ttmedia.web.routing import operation_of
 from ttmedia.startup import quiet_lifespan_failure
-from ttmedia.validation import PARSED_FORM
+from ttmedia.web.validation import PARSED_FORM
 
 log = logging.getLogger("ttmedia.request")
 
@@ -71,10 +72,9 @@ class RequestMiddleware:
         request_id = supplied if supplied and _SAFE_ID.match(supplied) else f"{_ID_PREFIX}{next(_ID_COUNTER):016x}"
         info = RequestNote(request_id)
         token = current_note.set(info)
-        # Connexion's routing records the operation in scope["extensions"] of a *shallow copy* of
-        # the scope: without the dict already here (uvicorn sends none), that record never reaches
-        # _record() and every request is counted as "unmatched".
-        extensions = scope.setdefault("extensions", {})
+        # Without it, Connexion's routing record never reaches _record() and every request is
+        # counted as "unmatched".
+        extensions = keep_routing_record(scope)
         status = 500
 
         async def send_with_id(message: Message) -> None:

@@ -1,0 +1,1 @@
+"""Metrics, logging and the event-loop lag monitor: imported by every layer, importing none."""
