@@ -54,7 +54,7 @@ async def upload_bytes(body: dict[str, Any], file: UploadFile | None, field: str
             raise problems.InvalidRequest(f"'{field}' is required: a multipart file or a base64 string.")
         if len(text) * 3 // 4 > limit + 3:  # checked before decoding, so a huge body costs nothing
             raise _too_large(field, len(text) * 3 // 4, limit)
-        data = b64decode(text, field)
+        data = await b64decode_off_loop(text, field)
     if len(data) > limit:
         raise _too_large(field, len(data), limit)
     return data
@@ -64,14 +64,31 @@ def _too_large(field: str, size: int, limit: int) -> problems.PayloadTooLarge:
     return problems.PayloadTooLarge(f"'{field}' is {size} bytes; the limit is {limit} bytes.")
 
 
+#: Base64 text longer than this is decoded on the media threads: a 13 MB image edit took ~150 ms
+#: of the event loop to decode.
+OFF_LOOP_BASE64_CHARS = 256 * 1024
+_URL_SAFE = bytes.maketrans(b"-_", b"+/")
+
+
 def b64decode(text: str, field: str) -> bytes:
     """Plain, URL-safe, line-wrapped or unpadded base64; 422 if it is none of them."""
-    payload = "".join(text.split()).translate(str.maketrans("-_", "+/"))
-    payload += "=" * (-len(payload) % 4)
+    try:
+        raw = text.encode("ascii")
+    except UnicodeEncodeError:
+        raise problems.InvalidRequest(f"'{field}' is not valid base64.") from None
+    payload = b"".join(raw.split()).translate(_URL_SAFE)  # bytes methods: C speed, unlike str.translate
+    payload += b"=" * (-len(payload) % 4)
     try:
         return base64.b64decode(payload, validate=True)
     except (binascii.Error, ValueError):
         raise problems.InvalidRequest(f"'{field}' is not valid base64.") from None
+
+
+async def b64decode_off_loop(text: str, field: str) -> bytes:
+    """b64decode, on the media threads when the text is large."""
+    if len(text) > OFF_LOOP_BASE64_CHARS:
+        return await _off_loop(b64decode, text, field)
+    return b64decode(text, field)
 
 
 async def image_bytes(value: str, field: str) -> bytes:
@@ -83,7 +100,7 @@ async def image_bytes(value: str, field: str) -> bytes:
     if media_urls.is_media_url(value):
         return await media_urls.fetch(current().settings, value, field)
     payload = value.split(",", 1)[1] if value[:5].lower() == "data:" and "," in value else value
-    return b64decode(payload, field)
+    return await b64decode_off_loop(payload, field)
 
 
 async def decode_image(data: bytes | str, field: str, size: int | None = None, mode: str = "RGB",

@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import copy
 import json
-import re
 import typing as t
 
 import jsonschema_rs
@@ -47,8 +46,11 @@ PARSED_FORM = "ttmedia.form"
 #: with content parts, tool schemas) stay far below; the schema validator's recursion does not.
 MAX_JSON_DEPTH = 64
 
-#: An integer literal orjson may not hold exactly (it turns integers beyond 64 bits into floats).
-_LONG_DIGITS = re.compile(rb"\d{19}")
+#: Digits → b"9", every other byte → b" ": a run of 19 digits (an integer literal orjson may not
+#: hold exactly: it turns integers beyond 64 bits into floats) is then a plain substring search.
+#: A regex scan took ~0.4 s of the event loop for a 13 MB base64 image edit; this takes ~10 ms.
+_DIGITS_ONLY = bytes(0x39 if 0x30 <= b <= 0x39 else 0x20 for b in range(256))
+_LONG_DIGITS = b"9" * 19
 _compiled: dict[t.Any, t.Any] = {}
 
 
@@ -104,7 +106,7 @@ def parse_json(raw: bytes) -> t.Any:
     if raw.count(b"[") + raw.count(b"{") > MAX_JSON_DEPTH and isinstance(value, (dict, list)):
         if json_depth(value, MAX_JSON_DEPTH) > MAX_JSON_DEPTH:
             raise MalformedBody(f"The request body nests arrays and objects more than {MAX_JSON_DEPTH} deep.")
-    if _LONG_DIGITS.search(raw):
+    if _LONG_DIGITS in raw.translate(_DIGITS_ONLY):
         # orjson accepted the document, so it is strict UTF-8 JSON; re-read it with the
         # stdlib, which keeps big integers exact (a schema-valid integer must stay one).
         value = json.loads(raw)
