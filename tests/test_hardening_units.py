@@ -177,3 +177,27 @@ def test_loop_lag_counts_the_samples_a_stall_kept_from_being_taken() -> None:
     assert worst >= 0.25
     stalled = [v for v in seen if v >= INTERVAL_S]
     assert len(stalled) >= 0.25 / INTERVAL_S - 2, stalled  # one per interval the stall covered
+
+
+def test_big_integers_stay_exact_and_digits_inside_strings_do_not_matter() -> None:
+    from ttmedia.web.validation import parse_json
+
+    assert parse_json(b'{"seed": 123456789012345678901234}')["seed"] == 123456789012345678901234
+    text = parse_json(b'{"image": "AAAA1234567890123456789012BBBB", "seed": 7}')
+    assert text == {"image": "AAAA1234567890123456789012BBBB", "seed": 7}
+
+
+def test_base64_fields_decode_the_same_on_and_off_the_loop() -> None:
+    import asyncio
+    import base64
+
+    from ttmedia.handlers import _uploads
+    from ttmedia.web.problems import InvalidRequest
+
+    data = bytes(range(256)) * 2048  # 512 KiB: past OFF_LOOP_BASE64_CHARS once encoded
+    for text in (base64.b64encode(data).decode(), base64.urlsafe_b64encode(data).decode().rstrip("=")):
+        assert len(text) > _uploads.OFF_LOOP_BASE64_CHARS
+        assert asyncio.run(_uploads.b64decode_off_loop(text, "image")) == data
+    assert _uploads.b64decode("AQID\nBA", "x") == b"\x01\x02\x03\x04"
+    with pytest.raises(InvalidRequest):
+        _uploads.b64decode("é", "x")
