@@ -240,6 +240,13 @@ def row_job(row: Any) -> Job:
     )
 
 
+def row_checkpoint(row: Any) -> dict[str, Any]:
+    """A checkpoints row as the manager reads it (its uri stays in the store: checkpoint_uri())."""
+    return {"id": row["id"], "step": row["step"], "epoch": row["epoch"],
+            "metrics": orjson.loads(row["metrics"]) if row["metrics"] else None,
+            "created_at": int(row["created_at"])}
+
+
 def encode_fields(fields: dict[str, Any]) -> dict[str, Any]:
     return {k: (orjson.dumps(v).decode() if k in _JSON_COLUMNS and v is not None else v) for k, v in fields.items()}
 

@@ -42,6 +42,7 @@ from ttmedia.jobs.store import (
     encode_fields,
     job_row,
     recovery,
+    row_checkpoint,
     row_job,
     settle_fields,
     settled_status,
@@ -444,10 +445,7 @@ class PostgresJobStore(JobStore):
                 (job_id, ckpt_id, step, epoch, orjson.dumps(metrics).decode(), time.time(), uri))
 
     async def checkpoints(self, job_id: str) -> list[dict[str, Any]]:
-        rows = await self._all("SELECT * FROM checkpoints WHERE job_id=%s ORDER BY step", job_id)
-        return [{"id": r["id"], "step": r["step"], "epoch": r["epoch"],
-                 "metrics": orjson.loads(r["metrics"]) if r["metrics"] else None,
-                 "created_at": int(r["created_at"])} for r in rows]
+        return [row_checkpoint(r) for r in await self._all("SELECT * FROM checkpoints WHERE job_id=%s ORDER BY step", job_id)]
 
     async def checkpoint_uri(self, job_id: str, ckpt_id: str) -> str | None:
         rows = await self._all("SELECT uri FROM checkpoints WHERE job_id=%s AND id=%s", job_id, ckpt_id)

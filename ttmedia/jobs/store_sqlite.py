@@ -48,6 +48,7 @@ from ttmedia.jobs.store import (
     job_row,
     row_job,
     recovery,
+    row_checkpoint,
     settle_fields,
     settled_status,
 )
@@ -496,10 +497,7 @@ class SqliteJobStore(JobStore):
                          (job_id, ckpt_id, step, epoch, orjson.dumps(metrics).decode(), time.time(), uri))
 
     async def checkpoints(self, job_id: str) -> list[dict[str, Any]]:
-        rows = await self._read("SELECT * FROM checkpoints WHERE job_id=? ORDER BY step", job_id)
-        return [{"id": r["id"], "step": r["step"], "epoch": r["epoch"],
-                 "metrics": orjson.loads(r["metrics"]) if r["metrics"] else None,
-                 "created_at": int(r["created_at"])} for r in rows]
+        return [row_checkpoint(r) for r in await self._read("SELECT * FROM checkpoints WHERE job_id=? ORDER BY step", job_id)]
 
     async def checkpoint_uri(self, job_id: str, ckpt_id: str) -> str | None:
         rows = await self._read("SELECT uri FROM checkpoints WHERE job_id=? AND id=?", job_id, ckpt_id)
