@@ -187,17 +187,17 @@ def test_big_integers_stay_exact_and_digits_inside_strings_do_not_matter() -> No
     assert text == {"image": "AAAA1234567890123456789012BBBB", "seed": 7}
 
 
-def test_base64_fields_decode_the_same_on_and_off_the_loop() -> None:
+def test_base64_fields_decode_the_same_whole_and_in_pieces() -> None:
     import asyncio
     import base64
 
     from ttmedia.handlers import _uploads
     from ttmedia.web.problems import InvalidRequest
 
-    data = bytes(range(256)) * 2048  # 512 KiB: past OFF_LOOP_BASE64_CHARS once encoded
+    data = bytes(range(256)) * 2048  # 512 KiB: past BASE64_PIECE_CHARS once encoded
     for text in (base64.b64encode(data).decode(), base64.urlsafe_b64encode(data).decode().rstrip("=")):
-        assert len(text) > _uploads.OFF_LOOP_BASE64_CHARS
-        assert asyncio.run(_uploads.b64decode_off_loop(text, "image")) == data
+        assert len(text) > _uploads.BASE64_PIECE_CHARS
+        assert asyncio.run(_uploads.b64decode_in_pieces(text, "image")) == data
     assert _uploads.b64decode("AQID\nBA", "x") == b"\x01\x02\x03\x04"
     with pytest.raises(InvalidRequest):
         _uploads.b64decode("é", "x")

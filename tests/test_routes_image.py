@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 
 import numpy as np
 from PIL import Image
@@ -50,6 +51,34 @@ def test_edit_repaints_only_the_white_part_of_the_mask(media_client):
     kept = np.abs(out[:, :240] - source[:, :240]).mean()
     repainted = np.abs(out[:, 272:] - source[:, 272:]).mean()
     assert kept < 2.0 and repainted > 10.0
+
+
+
+def test_a_large_base64_edit_is_parsed_in_pieces_and_decodes_the_same(media_client):
+    from ttmedia.web import large_json
+
+    rng = np.random.default_rng(5)
+    noise = rng.integers(0, 256, (700, 700, 3), dtype=np.uint8)  # noise: the PNG stays large
+    buf = io.BytesIO()
+    Image.fromarray(noise).save(buf, "PNG", compress_level=1)
+    mask = np.zeros((700, 700), np.uint8)
+    mask[:, 350:] = 255
+    mask_buf = io.BytesIO()
+    Image.fromarray(mask, "L").save(mask_buf, "PNG")
+    body = {"prompt": "a red door", "image": b64(buf.getvalue()), "mask": b64(mask_buf.getvalue()),
+            "size": "512x512", "image_return_format": "PNG", "seed": 1}
+    assert len(body["image"]) > large_json.LARGE_BODY_BYTES
+    r = media_client.post("/v1/images/edits", json=body)
+    assert r.status_code == 200, r.text
+    out = _pixels(r.json()["images"][0])
+    source = np.asarray(Image.fromarray(noise).resize((512, 512)), np.float32)
+    assert np.abs(out[:, :240] - source[:, :240]).mean() < 2.0  # the kept half is the image sent
+    # A control character inside the long string: the body is not JSON, as for a small body.
+    raw = json.dumps(body).encode()
+    at = raw.index(b'"image": "') + 5000
+    bad = raw[:at] + b"\x01" + raw[at + 1:]
+    r = media_client.post("/v1/images/edits", content=bad, headers={"Content-Type": "application/json"})
+    assert_problem(r, 400, "malformed_body")
 
 
 def test_undecodable_inputs_are_422_not_500(media_client):
