@@ -106,7 +106,7 @@ async def _completion_events(chunks: AsyncIterator[Any], completion_id: str, cre
                     {"text": "", "index": 0, "logprobs": None, "finish_reason": chunk.finish_reason}]})
                 if include_usage:
                     yield sse_event({**base, "choices": [], "usage": _usage(prompt_tokens, chunk.completion_tokens)})
-                break
+                continue  # the final chunk ends the stream: the iterator finishes cleanly
             if isinstance(chunk, TokenChunk):
                 yield sse_event({**base, "choices": [
                     {"text": chunk.text, "index": 0, "logprobs": None, "finish_reason": None}]})
@@ -154,7 +154,7 @@ async def _chat_events(chunks: AsyncIterator[Any], completion_id: str, created: 
             if isinstance(chunk, Completion):
                 yield sse_event({**base, "choices": [{"index": 0, "delta": {}, "finish_reason": chunk.finish_reason}],
                                  "usage": _usage(prompt_tokens, chunk.completion_tokens)})
-                break
+                continue  # the final chunk ends the stream: the iterator finishes cleanly
             if isinstance(chunk, TokenChunk):
                 yield sse_event({**base, "choices": [{"index": 0, "delta": {"content": chunk.text},
                                                       "finish_reason": None}]})

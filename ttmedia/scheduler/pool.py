@@ -71,6 +71,11 @@ class Ticket:
     progress_at: float = 0.0  # last sign of life from the device: dispatch, or a stream's chunk
     siblings: list[Ticket] | None = None  # requests that stand or fall together (submit_all)
 
+    def __repr__(self) -> str:
+        # Short on purpose: deque.remove() formats its argument's repr when it is not there, and
+        # the generated repr walks the request, its queue and its siblings.
+        return f"Ticket({self.id})"
+
 
 @dataclass(eq=False)
 class WorkerCalls:
@@ -328,9 +333,11 @@ class ModelPool:
                     finished = True
                     assert ticket.error is not None
                     raise ticket.error
+                # Set before the yield: a consumer that stops at the final chunk has not abandoned
+                # the stream (nothing to cancel on the worker).
+                finished = isinstance(chunk, FINAL_TYPES)
                 yield chunk
-                if isinstance(chunk, FINAL_TYPES):
-                    finished = True
+                if finished:
                     return
         finally:
             OPEN_STREAMS.count -= 1
