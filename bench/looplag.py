@@ -54,7 +54,12 @@ class LoopLagResult:
     events: dict[str, float] = field(default_factory=dict)
 
 
-def run(seconds: float = 10.0) -> LoopLagResult:
+#: The background loads, by the names `--without` takes.
+LOADS = ("edits", "reset", "jobs")
+
+
+def run(seconds: float = 10.0, without: frozenset[str] = frozenset()) -> LoopLagResult:
+    """Scenario 8; `without` switches background loads off (LOADS), to see what each one costs."""
     events: dict[str, float] = {}
     with ttmedia_server({**ENV, "JOB_RETENTION_SECONDS": "86400"}) as idle_server:
         idle, cancel_seconds = asyncio.run(_calibrate(idle_server.url, seconds))
@@ -63,7 +68,7 @@ def run(seconds: float = 10.0) -> LoopLagResult:
     retention = 1.2 * cancel_seconds + 2.0
     events["cancelling 1,000 jobs took s (idle server)"] = cancel_seconds
     with ttmedia_server({**ENV, "JOB_RETENTION_SECONDS": f"{retention:.1f}"}, timeout=300) as server:
-        result = asyncio.run(_measure(server.url, seconds, idle, events))
+        result = asyncio.run(_measure(server.url, seconds, idle, events, without))
     result.events = {**events, **result.events}
     return result
 
@@ -99,23 +104,32 @@ async def _post_many(url: str, path: str | None, body: dict[str, Any] | None, co
     return ids
 
 
-async def _measure(url: str, seconds: float, idle: L.StreamResult, events: dict[str, float]) -> LoopLagResult:
-    queued = await _post_many(url, "/v1/videos/generations", JOB, QUEUED_JOBS)
-    finished = await _post_many(url, "/v1/videos/generations", JOB, FINISHED_JOBS)
-    events["jobs queued before the window"] = len(queued)
-    await _post_many(url, None, None, 0, [f"/v1/videos/generations/{i}/cancel" for i in finished])
-    events["jobs cancelled (finished) just before the window"] = len(finished)
+async def _measure(url: str, seconds: float, idle: L.StreamResult, events: dict[str, float],
+                   without: frozenset[str] = frozenset()) -> LoopLagResult:
+    finished: list[str] = []
+    if "jobs" not in without:
+        queued = await _post_many(url, "/v1/videos/generations", JOB, QUEUED_JOBS)
+        finished = await _post_many(url, "/v1/videos/generations", JOB, FINISHED_JOBS)
+        events["jobs queued before the window"] = len(queued)
+        await _post_many(url, None, None, 0, [f"/v1/videos/generations/{i}/cancel" for i in finished])
+        events["jobs cancelled (finished) just before the window"] = len(finished)
     before = await _lag_histogram(url)
     started = time.monotonic()
     streams = asyncio.ensure_future(L._streams(url + "/v1/completions", STREAM, 8, seconds))
-    edits = asyncio.ensure_future(_edits(url, started + seconds, events))
-    reset = asyncio.ensure_future(_reset(url, started, events))
-    sweep = asyncio.ensure_future(_watch_sweep(url, finished[0], started, started + seconds, events))
+    background = []
+    if "edits" not in without:
+        background.append(asyncio.ensure_future(_edits(url, started + seconds, events)))
+    if "reset" not in without:
+        background.append(asyncio.ensure_future(_reset(url, started, events)))
+    sweep = (asyncio.ensure_future(_watch_sweep(url, finished[0], started, started + seconds, events))
+             if finished else None)
     loaded = await streams
-    await asyncio.gather(edits, reset)
+    await asyncio.gather(*background)
     after = await _lag_histogram(url)
-    await sweep
+    if sweep is not None:
+        await sweep
     lag_p99, lag_max = _histogram_stats(before, after)
+    events.update({f"loop lag samples <= {bound * 1000:g} ms": count for bound, count in _histogram_counts(before, after)})
     return LoopLagResult(idle.gap_p99_ms, loaded.gap_p99_ms, max(loaded.gaps, default=0.0) * 1000,
                          lag_p99 * 1000, lag_max * 1000, events)
 
@@ -205,6 +219,17 @@ async def _lag_histogram(url: str) -> dict[float, float]:
     return buckets
 
 
+def _histogram_counts(before: dict[float, float], after: dict[float, float]) -> list[tuple[float, int]]:
+    """Samples per bucket (upper bound, count) taken between two scrapes; empty buckets left out."""
+    counts, below = [], 0.0
+    for bound in sorted(after):
+        cumulative = after[bound] - before.get(bound, 0.0)
+        if cumulative > below:
+            counts.append((bound, int(cumulative - below)))
+        below = cumulative
+    return counts
+
+
 def _histogram_stats(before: dict[float, float], after: dict[float, float]) -> tuple[float, float]:
     """p99 and max of the samples taken between two scrapes, as bucket upper bounds."""
     bounds = sorted(after)
@@ -221,3 +246,33 @@ def _histogram_stats(before: dict[float, float], after: dict[float, float]) -> t
 def _host_port(url: str) -> tuple[str, int]:
     host, port = re.match(r"http://([^:/]+):(\d+)", url).groups()  # type: ignore[union-attr]
     return host, int(port)
+
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m bench.looplag", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seconds", type=float, default=10.0, help="length of the measured window (default 10)")
+    parser.add_argument("--without", default="", metavar="LOADS",
+                        help=f"background loads to leave out, comma-separated: {', '.join(LOADS)}")
+    args = parser.parse_args(argv)
+    without = frozenset(filter(None, args.without.split(",")))
+    if without - set(LOADS):
+        parser.error(f"--without takes {', '.join(LOADS)}; not {', '.join(sorted(without - set(LOADS)))}")
+    result = run(args.seconds, without)
+    print(f"loads: {', '.join(x for x in LOADS if x not in without) or 'none'} (8 streams always)")
+    print(f"inter-token p99: idle {result.idle_gap_p99_ms:.2f} ms, loaded {result.loaded_gap_p99_ms:.2f} ms "
+          f"({result.loaded_gap_p99_ms / result.idle_gap_p99_ms:.2f}x idle; goal <= 1.3x)")
+    print(f"loop lag p99 bucket {result.lag_p99_ms:g} ms (goal < 5), max bucket {result.lag_max_ms:g} ms; "
+          f"longest token gap {result.loaded_gap_max_ms:.1f} ms")
+    for name, value in result.events.items():
+        print(f"  {name}: {value:g}")
+    return 0
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.exit(main())
