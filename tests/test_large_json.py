@@ -27,6 +27,7 @@ def _parse(raw: bytes):
     b'{"a": "' + b"x" * LONG + b'", "b": [1, "' + b"y" * LONG + b'"], "c": {"d": "short"}}',
     b'["' + b"\\u00e9" * LONG + b'", "' + "é€😀".encode() * LONG + b'"]',  # escapes stay; multibyte UTF-8 split across pieces
     b'{"' + b"k" * LONG + b'": "' + b"v" * LONG + b'"}',  # a long key is never cut
+    b'{"' + b"k" * LONG + b'"' + b" " * 100 + b': 1, "' + b"k" * LONG + b'"' + b" " * 100 + b': 2, "z": 3}',
     b'"' + b"z" * (3 * large_json.PIECE_BYTES + 7) + b'"',  # a document that is one string
     b'{"a": "' + b"x" * LONG + b'\\"' + b"q" * LONG + b'", "c": "\\\\", "e": "\\\\\\""}',  # escaped quotes
     b'{"n": 123456789012345678901234, "s": "' + b"1" * LONG + b'"}',  # a big integer stays exact
