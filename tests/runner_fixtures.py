@@ -169,3 +169,18 @@ class StreamBreaksRunner(CountingLLMRunner):
         for i in range(3):
             yield TokenChunk(f" t{i}", [300 + i])
         raise RuntimeError("lost the KV cache")
+
+
+class StallingLLMRunner(CountingLLMRunner):
+    """Four tokens 0.6 s apart, then nothing for ten seconds (until it is cancelled)."""
+
+    def stream(self, request: Any) -> Any:
+        from ttmedia.runners.types import TokenChunk
+
+        for i in range(4):
+            time.sleep(0.6)
+            yield TokenChunk(f" t{i}", [300 + i])
+        for _ in range(100):
+            if self.cancelled():
+                return
+            time.sleep(0.1)

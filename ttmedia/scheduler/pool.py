@@ -51,6 +51,32 @@ OPEN_STREAMS = _OpenStreams()
 
 #: Sentinel put on a stream's queue when the stream cannot go on.
 _STREAM_FAILED = object()
+#: Sentinel put on a stream's queue when its worker has sent nothing for the request timeout.
+_STREAM_SILENT = object()
+
+
+class _SilenceWatch:
+    """One timer per stream, not one per chunk: when nothing came for `timeout` seconds (since
+    the stream opened, or since its last chunk: `Ticket.progress_at`), _STREAM_SILENT joins the
+    queue. Re-arming asyncio.timeout around every chunk's wait cost a timer handle and its
+    cancellation per token."""
+
+    def __init__(self, ticket: Ticket, timeout: float) -> None:
+        self.ticket, self.timeout = ticket, timeout
+        self.opened = time.monotonic()
+        self.loop = asyncio.get_running_loop()
+        self.handle = self.loop.call_later(timeout, self._check)
+
+    def _check(self) -> None:
+        quiet_since = max(self.ticket.progress_at, self.opened)
+        left = quiet_since + self.timeout - time.monotonic()
+        if left > 0:
+            self.handle = self.loop.call_later(left, self._check)
+        elif self.ticket.chunks is not None:
+            self.ticket.chunks.put_nowait(_STREAM_SILENT)
+
+    def stop(self) -> None:
+        self.handle.cancel()
 
 
 @dataclass(eq=False)
@@ -316,19 +342,15 @@ class ModelPool:
         timeout = self.settings.request_processing_timeout_seconds
         finished = False
         OPEN_STREAMS.count += 1
+        silence = _SilenceWatch(ticket, timeout)
+        chunks = ticket.chunks
         try:
             while True:
-                if not ticket.chunks.empty():
-                    chunk = ticket.chunks.get_nowait()  # already here: no timer, no wake-up
-                else:
-                    try:
-                        # asyncio.timeout arms one timer; wait_for would create a task per chunk.
-                        async with asyncio.timeout(timeout):
-                            chunk = await ticket.chunks.get()
-                    except TimeoutError:
-                        self._timed_out(ticket)
-                        raise errors.CallTimedOut(
-                            f"{self.name} stopped producing output for {timeout:g} s.") from None
+                # Already here: no wake-up.
+                chunk = chunks.get_nowait() if not chunks.empty() else await chunks.get()
+                if chunk is _STREAM_SILENT:
+                    self._timed_out(ticket)
+                    raise errors.CallTimedOut(f"{self.name} stopped producing output for {timeout:g} s.")
                 if chunk is _STREAM_FAILED:
                     finished = True
                     assert ticket.error is not None
@@ -340,6 +362,7 @@ class ModelPool:
                 if finished:
                     return
         finally:
+            silence.stop()
             OPEN_STREAMS.count -= 1
             if not finished:
                 self._abandon(ticket)
