@@ -201,3 +201,40 @@ def test_base64_fields_decode_the_same_whole_and_in_pieces() -> None:
     assert _uploads.b64decode("AQID\nBA", "x") == b"\x01\x02\x03\x04"
     with pytest.raises(InvalidRequest):
         _uploads.b64decode("é", "x")
+
+
+def test_token_events_serialised_once_per_stream_are_the_same_bytes() -> None:
+    from ttmedia.web.responses import SSE_SLOT, sse_event, sse_events_like
+
+    base = {"id": "chatcmpl-1", "object": "chat.completion.chunk", "created": 1, "model": "Qwen3-8B"}
+    event = sse_events_like({**base, "choices": [{"index": 0, "delta": {"content": SSE_SLOT}, "finish_reason": None}]})
+    for text in ("hi", ' "quoted" ', "é\n\u0000", "", "\\"):
+        assert event(text) == sse_event({**base, "choices": [
+            {"index": 0, "delta": {"content": text}, "finish_reason": None}]})
+    with pytest.raises(ValueError):
+        sse_events_like({"no": "slot"})
+
+
+def test_stream_chunks_hand_items_over_in_order_and_survive_a_cancelled_wait() -> None:
+    import asyncio
+
+    from ttmedia.scheduler.pool import StreamChunks
+
+    async def body() -> list[int]:
+        chunks = StreamChunks()
+        waiting = asyncio.ensure_future(chunks.get())
+        await asyncio.sleep(0)
+        waiting.cancel()  # a client that left while waiting
+        await asyncio.sleep(0)
+        chunks.put_nowait(1)
+        got = [await chunks.get()]
+        later = asyncio.ensure_future(chunks.get())
+        await asyncio.sleep(0)
+        chunks.put_nowait(2)
+        chunks.put_nowait(3)
+        got.append(await later)
+        got.append(chunks.get_nowait())
+        assert chunks.empty()
+        return got
+
+    assert asyncio.run(body()) == [1, 2, 3]

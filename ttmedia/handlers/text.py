@@ -11,7 +11,7 @@ from starlette.responses import Response
 
 from ttmedia.web import problems
 from ttmedia.handlers._calls import choose_pool, stream_failure
-from ttmedia.web.responses import SSE_DONE, json_response, sse_event, sse_response
+from ttmedia.web.responses import SSE_DONE, SSE_SLOT, json_response, sse_event, sse_events_like, sse_response
 from ttmedia.runners.types import Completion, LLM, LLMRequest, TokenChunk, Tokenizer
 from ttmedia.scheduler.pool import ModelPool
 
@@ -99,6 +99,8 @@ async def create_completion(body: dict[str, Any]) -> Response:
 async def _completion_events(chunks: AsyncIterator[Any], completion_id: str, created: int, model: str,
                              prompt_tokens: int, include_usage: bool) -> AsyncIterator[bytes]:
     base = {"id": completion_id, "object": "text_completion", "created": created, "model": model}
+    token_event = sse_events_like({**base, "choices": [
+        {"text": SSE_SLOT, "index": 0, "logprobs": None, "finish_reason": None}]})
     try:
         async for chunk in chunks:
             if isinstance(chunk, Completion):
@@ -108,8 +110,7 @@ async def _completion_events(chunks: AsyncIterator[Any], completion_id: str, cre
                     yield sse_event({**base, "choices": [], "usage": _usage(prompt_tokens, chunk.completion_tokens)})
                 continue  # the final chunk ends the stream: the iterator finishes cleanly
             if isinstance(chunk, TokenChunk):
-                yield sse_event({**base, "choices": [
-                    {"text": chunk.text, "index": 0, "logprobs": None, "finish_reason": None}]})
+                yield token_event(chunk.text)
     except Exception as exc:  # noqa: BLE001 - reported in-band, the status line is gone
         yield sse_event({"error": stream_failure(exc)})
         return
@@ -147,6 +148,8 @@ async def create_chat_completion(body: dict[str, Any]) -> Response:
 async def _chat_events(chunks: AsyncIterator[Any], completion_id: str, created: int, model: str,
                        prompt_tokens: int) -> AsyncIterator[bytes]:
     base = {"id": completion_id, "object": "chat.completion.chunk", "created": created, "model": model}
+    token_event = sse_events_like({**base, "choices": [
+        {"index": 0, "delta": {"content": SSE_SLOT}, "finish_reason": None}]})
     yield sse_event({**base, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""},
                                           "finish_reason": None}]})
     try:
@@ -156,8 +159,7 @@ async def _chat_events(chunks: AsyncIterator[Any], completion_id: str, created: 
                                  "usage": _usage(prompt_tokens, chunk.completion_tokens)})
                 continue  # the final chunk ends the stream: the iterator finishes cleanly
             if isinstance(chunk, TokenChunk):
-                yield sse_event({**base, "choices": [{"index": 0, "delta": {"content": chunk.text},
-                                                      "finish_reason": None}]})
+                yield token_event(chunk.text)
     except Exception as exc:  # noqa: BLE001 - reported in-band, the status line is gone
         yield sse_event({"error": stream_failure(exc)})
         return

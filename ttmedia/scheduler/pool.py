@@ -55,6 +55,39 @@ _STREAM_FAILED = object()
 _STREAM_SILENT = object()
 
 
+class StreamChunks:
+    """A stream's chunks on their way from the worker to the handler: one producer (the pool),
+    one consumer (the stream's iterator). asyncio.Queue's getter and putter bookkeeping and its
+    waiter futures cost more than the token they carry; this is a deque and at most one future."""
+
+    __slots__ = ("_items", "_waiter")
+
+    def __init__(self) -> None:
+        self._items: deque[Any] = deque()
+        self._waiter: asyncio.Future[None] | None = None
+
+    def empty(self) -> bool:
+        return not self._items
+
+    def put_nowait(self, item: Any) -> None:
+        self._items.append(item)
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def get_nowait(self) -> Any:
+        return self._items.popleft()
+
+    async def get(self) -> Any:
+        while not self._items:
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+        return self._items.popleft()
+
+
 class _SilenceWatch:
     """One timer per stream, not one per chunk: when nothing came for `timeout` seconds (since
     the stream opened, or since its last chunk: `Ticket.progress_at`), _STREAM_SILENT joins the
@@ -87,7 +120,7 @@ class Ticket:
     stream: bool
     id: str = field(default_factory=lambda: f"r{next(_ids)}")
     future: asyncio.Future[Any] | None = None
-    chunks: asyncio.Queue[Any] | None = None
+    chunks: StreamChunks | None = None
     error: BaseException | None = None
     sent_to: WorkerCalls | None = None  # the worker that holds it, once dispatched
     attempts: int = 0
@@ -269,7 +302,7 @@ class ModelPool:
             )
         ticket = Ticket(request, stream, siblings=siblings)
         if stream:
-            ticket.chunks = asyncio.Queue()
+            ticket.chunks = StreamChunks()
         else:
             ticket.future = self.loop.create_future()
         self.pending.append(ticket)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import orjson
@@ -33,3 +33,16 @@ def sse_event(data: Any) -> bytes:
 
 
 SSE_DONE = b"data: [DONE]\n\n"
+
+#: Stands for the one string that changes from event to event of a stream (sse_events_like).
+SSE_SLOT = "\u0000ttmedia-sse-slot\u0000"
+
+
+def sse_events_like(sample: Any) -> Callable[[str], bytes]:
+    """The SSE event of `sample` as a function of its one SSE_SLOT string. A stream's token
+    events differ only in their text: the rest is serialised once per stream, not per token."""
+    head, tail = sse_event(sample).split(orjson.dumps(SSE_SLOT))  # exactly one slot, or ValueError
+
+    def event(text: str) -> bytes:
+        return head + orjson.dumps(text) + tail
+    return event
