@@ -25,6 +25,7 @@ import base64
 import io
 import json
 import math
+import os
 import re
 import time
 from dataclasses import dataclass, field
@@ -58,16 +59,16 @@ class LoopLagResult:
 LOADS = ("edits", "reset", "jobs")
 
 
-def run(seconds: float = 10.0, without: frozenset[str] = frozenset()) -> LoopLagResult:
+def run(seconds: float = 10.0, without: frozenset[str] = frozenset(), source: str | None = None) -> LoopLagResult:
     """Scenario 8; `without` switches background loads off (LOADS), to see what each one costs."""
     events: dict[str, float] = {}
-    with ttmedia_server({**ENV, "JOB_RETENTION_SECONDS": "86400"}) as idle_server:
+    with ttmedia_server({**ENV, "JOB_RETENTION_SECONDS": "86400"}, source=source) as idle_server:
         idle, cancel_seconds = asyncio.run(_calibrate(idle_server.url, seconds))
     # The 1,000 jobs are cancelled just before the window; they all expire together, a little
     # after the last cancel, and the next sweep (every second) deletes them inside the window.
     retention = 1.2 * cancel_seconds + 2.0
     events["cancelling 1,000 jobs took s (idle server)"] = cancel_seconds
-    with ttmedia_server({**ENV, "JOB_RETENTION_SECONDS": f"{retention:.1f}"}, timeout=300) as server:
+    with ttmedia_server({**ENV, "JOB_RETENTION_SECONDS": f"{retention:.1f}"}, timeout=300, source=source) as server:
         result = asyncio.run(_measure(server.url, seconds, idle, events, without))
     result.events = {**events, **result.events}
     return result
@@ -257,11 +258,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=10.0, help="length of the measured window (default 10)")
     parser.add_argument("--without", default="", metavar="LOADS",
                         help=f"background loads to leave out, comma-separated: {', '.join(LOADS)}")
+    parser.add_argument("--source", metavar="DIR", help="serve the ttmedia package of this source tree (for A/B runs)")
     args = parser.parse_args(argv)
     without = frozenset(filter(None, args.without.split(",")))
     if without - set(LOADS):
         parser.error(f"--without takes {', '.join(LOADS)}; not {', '.join(sorted(without - set(LOADS)))}")
-    result = run(args.seconds, without)
+    from bench.servers import LOAD_CORE, pinning_available
+
+    if pinning_available():
+        os.sched_setaffinity(0, {int(LOAD_CORE)})  # the measuring client stays off the server's core
+    result = run(args.seconds, without, args.source)
     print(f"loads: {', '.join(x for x in LOADS if x not in without) or 'none'} (8 streams always)")
     print(f"inter-token p99: idle {result.idle_gap_p99_ms:.2f} ms, loaded {result.loaded_gap_p99_ms:.2f} ms "
           f"({result.loaded_gap_p99_ms / result.idle_gap_p99_ms:.2f}x idle; goal <= 1.3x)")

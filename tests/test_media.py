@@ -304,3 +304,34 @@ def test_failing_video_encoder_reports_ffmpeg_error(monkeypatch: pytest.MonkeyPa
 def test_probe_rejects_garbage() -> None:
     with pytest.raises(UndecodableMedia):
         probe_mp4(b"\x00" * 64)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_video_encodes_run_at_a_lower_cpu_priority(tmp_path: Path) -> None:
+    """A job's encode must not take the CPU from token streams on a busy host."""
+    import os
+
+    seen: list[int] = []
+
+    def encoders() -> list[int]:
+        found = []
+        for entry in os.listdir("/proc"):
+            if entry.isdigit():
+                try:
+                    stat = Path(f"/proc/{entry}/stat").read_text()
+                except OSError:
+                    continue
+                name, rest = stat[stat.index("(") + 1:stat.rindex(")")], stat[stat.rindex(")") + 2:].split()
+                if "ffmpeg" in name and int(rest[1]) == os.getpid():  # rest[1]: the parent's pid
+                    found.append(int(rest[16]))  # field 19: nice
+        return found
+
+    def frames():
+        for index in range(4):
+            if index == 2:
+                seen.extend(encoders())
+            yield np.full((32, 32, 3), index * 40, np.uint8)
+
+    write_mp4(frames(), 32, 32, str(tmp_path / "out.mp4"))
+    assert seen == [video_module.VIDEO_ENCODE_NICENESS] and os.nice(0) < video_module.VIDEO_ENCODE_NICENESS
+    assert probe_mp4(str(tmp_path / "out.mp4"))["frames"] == 4

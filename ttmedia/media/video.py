@@ -192,6 +192,12 @@ def _encode_to_file(
     _pipe_frames(cmd, _chain(first, iterator), (height, width, 3))
 
 
+#: Niceness of video encodes. They finish jobs that clients poll for; on a busy host they
+#: should not take the CPU from the requests that wait on every millisecond (token streams).
+#: On an idle host the encode runs as fast as before.
+VIDEO_ENCODE_NICENESS = 10
+
+
 def _pipe_frames(cmd: list[str], frames: Iterable[np.ndarray], shape: tuple[int, int, int]) -> None:
     try:
         proc = subprocess.Popen(
@@ -199,6 +205,10 @@ def _pipe_frames(cmd: list[str], frames: Iterable[np.ndarray], shape: tuple[int,
         )
     except OSError as exc:
         raise EncoderUnavailable(f"cannot run ffmpeg: {exc}") from exc
+    try:  # before the first frame is written, so the encode itself runs at this priority
+        os.setpriority(os.PRIO_PROCESS, proc.pid, VIDEO_ENCODE_NICENESS)
+    except (AttributeError, OSError):  # no setpriority here, or the process is already gone
+        pass
     stderr = bytearray()
     # Drain stderr concurrently: a chatty ffmpeg blocked on a full stderr pipe
     # would stop reading stdin and deadlock our writes.
