@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import sys
 import json
 import time
 import wave
@@ -238,3 +239,22 @@ def test_stream_chunks_hand_items_over_in_order_and_survive_a_cancelled_wait() -
         return got
 
     assert asyncio.run(body()) == [1, 2, 3]
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="per-thread priorities are Linux's")
+def test_media_decoding_threads_run_below_the_event_loops_priority() -> None:
+    import asyncio
+    import os
+    import threading
+
+    from ttmedia.handlers import _uploads
+
+    def niceness() -> int:
+        return os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+
+    async def body() -> int:
+        return await _uploads._off_loop(niceness)
+
+    base = niceness()
+    assert asyncio.run(body()) == max(base, _uploads.MEDIA_DECODE_NICENESS)
+    assert niceness() == base  # the loop's own thread keeps its priority

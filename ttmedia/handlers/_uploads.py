@@ -11,7 +11,9 @@ from __future__ import annotations
 import asyncio
 import binascii
 import functools
+import os
 import re
+import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -26,7 +28,21 @@ if TYPE_CHECKING:
 
 #: Media decodes in memory at once.
 MEDIA_DECODERS = 2
-_decoders = ThreadPoolExecutor(MEDIA_DECODERS, thread_name_prefix="media-decode")
+#: Niceness of the decoding threads (Linux sets it per thread). A large PNG takes ~100 ms of CPU
+#: to decode, with the GIL released; on a busy host that CPU should go to the event loop first,
+#: which every client's next token waits on. On an idle host decoding is as fast as before.
+MEDIA_DECODE_NICENESS = 5
+
+
+def _lower_priority() -> None:
+    try:
+        thread = threading.get_native_id()
+        os.setpriority(os.PRIO_PROCESS, thread, max(os.getpriority(os.PRIO_PROCESS, thread), MEDIA_DECODE_NICENESS))
+    except (AttributeError, OSError):  # no per-thread priorities here
+        pass
+
+
+_decoders = ThreadPoolExecutor(MEDIA_DECODERS, thread_name_prefix="media-decode", initializer=_lower_priority)
 _OBJECT_REPR = re.compile(r"<[\w.]+ object at 0x[0-9a-fA-F]+>")
 
 T = TypeVar("T")
