@@ -258,3 +258,30 @@ def test_media_decoding_threads_run_below_the_event_loops_priority() -> None:
     base = niceness()
     assert asyncio.run(body()) == max(base, _uploads.MEDIA_DECODE_NICENESS)
     assert niceness() == base  # the loop's own thread keeps its priority
+
+
+_PRELOAD_PROBE = """
+import sys, time
+from tests.helpers import app_client
+with app_client(models=sys.argv[1]) as client:
+    deadline = time.monotonic() + float(sys.argv[2])
+    while time.monotonic() < deadline and "PIL.PngImagePlugin" not in sys.modules:
+        time.sleep(0.05)
+    time.sleep(0.5)
+    print("numpy" in sys.modules, "PIL.PngImagePlugin" in sys.modules)
+"""
+
+
+@pytest.mark.parametrize("models, wait, expected", [("stable-diffusion-xl-base-1.0", 15, "True True"),
+                                                    ("Qwen3-8B", 2, "False False")])
+def test_the_media_stack_is_imported_at_start_when_a_media_model_is_served(models: str, wait: int, expected: str) -> None:
+    """Not by the first image request: its ~0.3 s of imports would hold the GIL under that
+    request and every token stream beside it."""
+    import subprocess
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    done = subprocess.run([sys.executable, "-c", _PRELOAD_PROBE, models, str(wait)], cwd=root, capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split("\n")[-2] == expected

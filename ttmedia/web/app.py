@@ -7,6 +7,7 @@ import contextlib
 import gc
 import logging
 import sys
+import threading
 import typing
 from collections.abc import AsyncIterator, Iterator
 from functools import lru_cache
@@ -51,6 +52,7 @@ from ttmedia.web.requestlog import RequestMiddleware
 from ttmedia.web.routing import AllowedMethods, ConcretePathsFirst
 from ttmedia.web.runtime import Runtime
 from ttmedia.web.scheduler_problems import as_problem
+from ttmedia.runners.types import AUDIO, CNN, IMAGE, TTS, VIDEO
 from ttmedia.scheduler.devices import ConfigError
 from ttmedia.scheduler.errors import SchedulerError
 from ttmedia.scheduler.readiness import WorkerState
@@ -225,6 +227,22 @@ def _install_error_handlers(app: AsyncApp, spec: dict[str, Any]) -> None:
 
 # --- the app ------------------------------------------------------------------------------------
 
+
+#: Families whose requests decode or encode media in the server process.
+MEDIA_FAMILIES = frozenset({IMAGE, CNN, VIDEO, AUDIO, TTS})
+
+
+def import_media_stack() -> None:
+    """numpy, Pillow with its plugins, and our media modules: ~0.3 s of imports that hold the
+    GIL. Imported at start-up on a thread of their own while the workers warm up, instead of by
+    the first image or audio request, which paid for them (and every token stream with it)."""
+    import numpy  # noqa: F401
+    from PIL import Image
+
+    from ttmedia.media import audio, images  # noqa: F401
+
+    Image.init()  # the format plugins, which Pillow otherwise loads on the first open()
+
 def create_app(settings: Settings | None = None) -> AsyncApp:
     """The ASGI app. `uvicorn ttmedia.app:create_app --factory` serves it with env settings.
 
@@ -301,6 +319,8 @@ def _build(settings: Settings, server: Any = None) -> AsyncApp:
         except BaseException as exc:
             await _abort_start(runtime, exc, f"cannot open the job store in DATA_DIR {settings.data_dir}")
         runtime.loop_lag.start()
+        if MEDIA_FAMILIES & {model.family for model in runtime.scheduler.models}:
+            threading.Thread(target=import_media_stack, name="media-imports", daemon=True).start()
         # Everything allocated so far lives as long as the server: keep it out of the collector's
         # scans, and collect the young generation less often (fewer pauses in token streams).
         # `ttmedia serve` turns the collector off for the imports; it is back on from here.
