@@ -249,7 +249,6 @@ def _host_port(url: str) -> tuple[str, int]:
     return host, int(port)
 
 
-
 def main(argv: list[str] | None = None) -> int:
     import argparse
 

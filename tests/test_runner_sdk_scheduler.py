@@ -15,9 +15,9 @@ from ttmedia.scheduler.scheduler import Scheduler
 from ttmedia.settings import Settings
 
 
-def run(coro_fn: Any, models: str) -> Any:
+def run(coro_fn: Any, models: str, **settings: Any) -> Any:
     async def body() -> Any:
-        scheduler = Scheduler(Settings(models=models, sim_warmup_seconds=0.0))
+        scheduler = Scheduler(Settings(models=models, sim_warmup_seconds=0.0, **settings))
         await scheduler.start()
         try:
             pool = next(iter(scheduler.pools.values()))
@@ -95,29 +95,19 @@ def test_siblings_of_a_failed_request_fail_with_its_problem_not_a_cancellation(t
 def test_a_stream_times_out_a_timeout_after_its_last_chunk_not_its_first() -> None:
     from ttmedia.scheduler import errors
 
-    async def body() -> None:
-        scheduler = Scheduler(Settings(models="stall=tests.runner_fixtures:StallingLLMRunner~family=llm",
-                                       sim_warmup_seconds=0.0, request_processing_timeout_seconds=1.0))
-        await scheduler.start()
+    async def body(pool: Any) -> None:
+        seen = []
+        last = time.monotonic()
         try:
-            pool = next(iter(scheduler.pools.values()))
-            deadline = time.monotonic() + 30
-            while pool.state() is not ModelState.READY:
-                assert time.monotonic() < deadline, "the model never became ready"
-                await asyncio.sleep(0.02)
-            seen = []
-            last = time.monotonic()
-            try:
-                async for chunk in pool.open_stream(LLMRequest("x", [1], max_tokens=8)):
-                    seen.append(chunk)
-                    last = time.monotonic()
-                raise AssertionError("the silent stream did not time out")
-            except errors.CallTimedOut as exc:
-                quiet = time.monotonic() - last
-                print(f"\n[stream silence] {len(seen)} tokens 0.6 s apart, then timed out after {quiet:.2f} s: {exc}")
-            # Four tokens 0.6 s apart take 2.4 s, past the 1 s timeout: only silence counts.
-            assert len(seen) == 4
-            assert quiet >= 0.95
-        finally:
-            await scheduler.stop(grace_s=2)
-    asyncio.run(body())
+            async for chunk in pool.open_stream(LLMRequest("x", [1], max_tokens=8)):
+                seen.append(chunk)
+                last = time.monotonic()
+            raise AssertionError("the silent stream did not time out")
+        except errors.CallTimedOut as exc:
+            quiet = time.monotonic() - last
+            print(f"\n[stream silence] {len(seen)} tokens 0.6 s apart, then timed out after {quiet:.2f} s: {exc}")
+        # Four tokens 0.6 s apart take 2.4 s, past the 1 s timeout: only silence counts.
+        assert len(seen) == 4
+        assert quiet >= 0.95
+
+    run(body, "stall=tests.runner_fixtures:StallingLLMRunner~family=llm", request_processing_timeout_seconds=1.0)

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import binascii
 import functools
-import os
 import re
 import threading
 from collections.abc import Callable
@@ -21,6 +20,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from starlette.datastructures import UploadFile
 
 from ttmedia.web import problems
+from ttmedia.media.priority import nice_at_least
 from ttmedia.media.errors import EncoderUnavailable, MediaError, MediaTooLong, UnsupportedMediaFormat
 
 if TYPE_CHECKING:
@@ -35,11 +35,7 @@ MEDIA_DECODE_NICENESS = 5
 
 
 def _lower_priority() -> None:
-    try:
-        thread = threading.get_native_id()
-        os.setpriority(os.PRIO_PROCESS, thread, max(os.getpriority(os.PRIO_PROCESS, thread), MEDIA_DECODE_NICENESS))
-    except (AttributeError, OSError):  # no per-thread priorities here
-        pass
+    nice_at_least(threading.get_native_id(), MEDIA_DECODE_NICENESS)
 
 
 _decoders = ThreadPoolExecutor(MEDIA_DECODERS, thread_name_prefix="media-decode", initializer=_lower_priority)
@@ -97,17 +93,27 @@ def _standard_base64(raw: bytes) -> bytes:
     return raw
 
 
-def b64decode(text: str, field: str) -> bytes:
-    """Plain, URL-safe, line-wrapped or unpadded base64; 422 if it is none of them."""
+def _ascii_base64(text: str, field: str) -> bytes:
     try:
-        payload = _standard_base64(text.encode("ascii"))
+        return _standard_base64(text.encode("ascii"))
     except UnicodeEncodeError:
         raise _not_base64(field) from None
-    payload += b"=" * (-len(payload) % 4)
+
+
+def _decode_quanta(payload: bytes, field: str) -> bytes:
     try:
         return binascii.a2b_base64(payload, strict_mode=True)
     except (binascii.Error, ValueError):
         raise _not_base64(field) from None
+
+
+def _padded(payload: bytes) -> bytes:
+    return payload + b"=" * (-len(payload) % 4)
+
+
+def b64decode(text: str, field: str) -> bytes:
+    """Plain, URL-safe, line-wrapped or unpadded base64; 422 if it is none of them."""
+    return _decode_quanta(_padded(_ascii_base64(text, field)), field)
 
 
 async def b64decode_in_pieces(text: str, field: str) -> bytes:
@@ -118,25 +124,18 @@ async def b64decode_in_pieces(text: str, field: str) -> bytes:
     carry = b""
     for start in range(0, len(text), BASE64_PIECE_CHARS):
         end = start + BASE64_PIECE_CHARS
-        try:
-            payload = carry + _standard_base64(text[start:end].encode("ascii"))
-            if b"=" in payload and end < len(text):
-                # Padding ends the text: decode the rest with it, in the one call's terms.
-                payload += _standard_base64(text[end:].encode("ascii"))
-                end = len(text)
-        except UnicodeEncodeError:
-            raise _not_base64(field) from None
+        payload = carry + _ascii_base64(text[start:end], field)
+        if b"=" in payload and end < len(text):
+            # Padding ends the text: decode the rest with it, in the one call's terms.
+            payload += _ascii_base64(text[end:], field)
+            end = len(text)
         if end >= len(text):
-            payload, carry = payload + b"=" * (-len(payload) % 4), b""
-        else:  # whole quanta, and the last one held back: what ends the text is decoded with it
-            keep = max(len(payload) - len(payload) % 4 - 4, 0)
-            payload, carry = payload[:keep], payload[keep:]
-        try:
-            decoded.append(binascii.a2b_base64(payload, strict_mode=True))
-        except (binascii.Error, ValueError):
-            raise _not_base64(field) from None
-        if end >= len(text):
+            decoded.append(_decode_quanta(_padded(payload), field))
             break
+        # Whole quanta, and the last one held back: what ends the text is decoded with it.
+        keep = max(len(payload) - len(payload) % 4 - 4, 0)
+        decoded.append(_decode_quanta(payload[:keep], field))
+        carry = payload[keep:]
         await asyncio.sleep(0)
     return b"".join(decoded)
 

@@ -15,6 +15,7 @@ from typing import IO, Any
 import numpy as np
 
 from ttmedia.media.audio import FFMPEG_TIMEOUT, ffmpeg_encoders, ffmpeg_exe, stderr_summary
+from ttmedia.media.priority import nice_at_least
 from ttmedia.media.errors import EncoderUnavailable, UndecodableMedia
 from ttmedia.media.images import render_picture
 
@@ -205,10 +206,7 @@ def _pipe_frames(cmd: list[str], frames: Iterable[np.ndarray], shape: tuple[int,
         )
     except OSError as exc:
         raise EncoderUnavailable(f"cannot run ffmpeg: {exc}") from exc
-    try:  # before the first frame is written, so the encode itself runs at this priority
-        os.setpriority(os.PRIO_PROCESS, proc.pid, VIDEO_ENCODE_NICENESS)
-    except (AttributeError, OSError):  # no setpriority here, or the process is already gone
-        pass
+    nice_at_least(proc.pid, VIDEO_ENCODE_NICENESS)  # before the first frame: the encode runs at it
     stderr = bytearray()
     # Drain stderr concurrently: a chatty ffmpeg blocked on a full stderr pipe
     # would stop reading stdin and deadlock our writes.

@@ -227,7 +227,6 @@ def _install_error_handlers(app: AsyncApp, spec: dict[str, Any]) -> None:
 
 # --- the app ------------------------------------------------------------------------------------
 
-
 #: Families whose requests decode or encode media in the server process.
 MEDIA_FAMILIES = frozenset({IMAGE, CNN, VIDEO, AUDIO, TTS})
 
@@ -242,6 +241,7 @@ def import_media_stack() -> None:
     from ttmedia.media import audio, images  # noqa: F401
 
     Image.init()  # the format plugins, which Pillow otherwise loads on the first open()
+
 
 def create_app(settings: Settings | None = None) -> AsyncApp:
     """The ASGI app. `uvicorn ttmedia.app:create_app --factory` serves it with env settings.
