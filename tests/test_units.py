@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
 from ttmedia.web.problems import NotReady, retry_after_header
 from ttmedia.runners.faults import FaultPlan, FaultSyntaxError, parse_faults
 from ttmedia.runners.sim import tokenizer
+from ttmedia.runners.sim.llm import StepClock
 from ttmedia.scheduler.devices import ConfigError, parse_groups, served_models
 from ttmedia.scheduler.readiness import ModelState, WorkerState, WorkerView, derive_state, retry_after
 from ttmedia.settings import Settings
@@ -97,6 +100,32 @@ def test_tokenizer_round_trips_any_text():
         assert tokenizer.decode(tokenizer.encode(text)) == text
     with pytest.raises(ValueError):
         tokenizer.decode([10**9])
+
+
+def test_a_vocabulary_piece_encodes_to_its_own_id_as_the_split_would():
+    ids, pieces = tokenizer.vocabulary()
+    for piece in pieces:
+        assert tokenizer._PIECE.findall(piece) == [piece]  # what makes the whole-piece shortcut exact
+        assert tokenizer.encode(piece) == [ids[piece]]
+
+
+def test_the_step_clock_wakes_every_stream_of_a_step_with_one_timer_and_cancels_one_alone():
+    async def scenario() -> None:
+        clock = StepClock(0.02)
+        loop = asyncio.get_running_loop()
+        timers_before = len(loop._scheduled)  # type: ignore[attr-defined]
+        step = clock.next_step() + 1
+        waiting = [asyncio.ensure_future(clock.wait_for(step)) for _ in range(5)]
+        await asyncio.sleep(0)
+        assert len(loop._scheduled) == timers_before + 1  # type: ignore[attr-defined]
+        waiting[0].cancel()
+        done, _ = await asyncio.wait(waiting[1:], timeout=1)
+        assert len(done) == 4 and all(w.exception() is None for w in done)
+        assert waiting[0].cancelled()
+        assert loop.time() >= clock.origin + step * clock.step_s - 0.002
+        await clock.wait_for(step - 1)  # a step that has already ended returns at once
+
+    asyncio.run(scenario())
 
 
 def test_the_spec_is_still_checked_at_start_up_by_the_compiled_validator() -> None:

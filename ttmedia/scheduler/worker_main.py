@@ -17,6 +17,7 @@ import asyncio
 import contextvars
 import inspect
 import os
+import pickle
 import selectors
 import signal
 import sys
@@ -24,7 +25,7 @@ import threading
 import time
 import traceback
 from collections import deque
-from collections.abc import Callable, Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from multiprocessing.connection import Connection
 from typing import Any
@@ -69,8 +70,12 @@ class Worker:
         self._outbox = p.Outbox(self.loop, self._write)
 
     def _write(self, message: tuple[Any, ...]) -> None:
+        # Plain pickle, not Connection.send's ForkingPickler (a new pickler with its reducer
+        # table per message): nothing we send needs multiprocessing's reducers, and the
+        # scheduler reads with pickle.loads.
+        data = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
         with self._pipe_lock:
-            self.conn.send(message)
+            self.conn.send_bytes(data)
 
     def send(self, message: tuple[Any, ...]) -> None:
         """Everything sent in one loop iteration leaves as one pipe write (protocol.Outbox)."""
@@ -294,7 +299,7 @@ class Worker:
                 self._device_done(request_id)
                 self.send((p.END, request_id, (await self._encode([request], results))[0]))
                 return
-            async for item in self._items(request):
+            async for item in await self._items(request):
                 if isinstance(item, TokenChunk):
                     self.send((p.TOKEN, request_id, item.text, item.token_ids))
                 elif isinstance(item, FINAL_TYPES):
@@ -309,19 +314,20 @@ class Worker:
         except Exception as exc:  # noqa: BLE001 - every failure is reported to the scheduler
             self._failed([request_id], exc)
 
-    async def _items(self, request: Any) -> Any:
-        """The runner's stream, whether it is an async generator or a plain one (whose steps
-        run on the device thread, so a cancelled stream simply gets no further steps)."""
+    async def _items(self, request: Any) -> AsyncIterator[Any]:
+        """The runner's stream as an async iterator: an async generator as it is (no wrapper
+        between its tokens and the pipe), a plain one stepped on the device thread."""
         assert self.runner is not None
         method = self.runner.stream
         if inspect.isasyncgenfunction(method) or inspect.isgeneratorfunction(method):
             iterator: Any = method(request)
         else:
             iterator = await self._invoke(method, request)
-        if hasattr(iterator, "__anext__"):
-            async for item in iterator:
-                yield item
-            return
+        return iterator if hasattr(iterator, "__anext__") else self._device_steps(iterator)
+
+    async def _device_steps(self, iterator: Iterator[Any]) -> AsyncIterator[Any]:
+        """A plain generator's steps, each on the device thread (so a cancelled stream simply
+        gets no further steps)."""
         context = contextvars.copy_context()
         try:
             step: Any = context.run  # run_in_executor's typing cannot follow run(next, iterator, default)
@@ -341,7 +347,7 @@ class Worker:
                 if self._inject():
                     raise RuntimeError("injected fault: runner error")
                 if self.info.streams and type(self.runner).run is Runner.run:
-                    async for _ in self._items(request):
+                    async for _ in await self._items(request):
                         pass
                 else:
                     self._check_results(await self._invoke(self.runner.run, self._padded([request])), 1)

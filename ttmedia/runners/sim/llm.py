@@ -56,6 +56,43 @@ def apply_stop(pieces: list[str], stop: list[str]) -> tuple[list[str], bool]:
     return pieces, False
 
 
+class StepClock:
+    """The device's decode clock: step n ends at origin + n·step_s, for every sequence in flight.
+
+    All the streams due at one step wait on one timer, as a TT device's batch decodes together:
+    one timer per step instead of one per stream and token. Each waiter has its own future, so a
+    cancelled stream cancels only itself.
+    """
+
+    def __init__(self, step_s: float) -> None:
+        self.step_s = step_s
+        self.origin = time.monotonic()
+        self._waiters: dict[int, list[asyncio.Future[None]]] = {}
+
+    def next_step(self) -> int:
+        """The first step that ends after now."""
+        return math.floor((time.monotonic() - self.origin) / self.step_s) + 1
+
+    async def wait_for(self, step: int) -> None:
+        """Return when `step` has ended (at once if it already has)."""
+        delay = self.origin + step * self.step_s - time.monotonic()
+        if delay <= 0:
+            return
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
+        waiters = self._waiters.get(step)
+        if waiters is None:
+            self._waiters[step] = waiters = []
+            loop.call_later(delay, self._end_step, step)
+        waiters.append(future)
+        await future
+
+    def _end_step(self, step: int) -> None:
+        for future in self._waiters.pop(step, ()):
+            if not future.done():
+                future.set_result(None)
+
+
 class SimLLMRunner(Runner):
     family = "llm"
     simulated = True
@@ -63,7 +100,7 @@ class SimLLMRunner(Runner):
     def __init__(self, ctx: RunnerContext) -> None:
         super().__init__(ctx)
         self.max_concurrency = int(ctx.options.get("max_concurrency", 32))
-        self.clock_origin = time.monotonic()  # decode step n ends at clock_origin + n·per_token_s
+        self.clock = StepClock(ctx.timing.per_token_s) if ctx.timing.per_token_s > 0 else None
 
     @classmethod
     def load_tokenizer(cls, ctx: RunnerContext) -> tokenizer.SimTokenizer:
@@ -100,12 +137,10 @@ class SimLLMRunner(Runner):
         # sequences in flight, so every stream's tokens fall on one shared clock (the steps
         # since the runner started), not each on its own. Absolute step times also keep
         # scheduling jitter from accumulating.
-        step = t.per_token_s
-        first = math.floor((time.monotonic() - self.clock_origin) / step) + 1 if step > 0 else 0
+        clock = self.clock
+        first = clock.next_step() if clock is not None else 0
         for i, piece in enumerate(pieces):
-            if step > 0:
-                delay = self.clock_origin + (first + i) * step - time.monotonic()
-                if delay > 0:
-                    await asyncio.sleep(delay)
+            if clock is not None:
+                await clock.wait_for(first + i)
             yield TokenChunk(piece, tokenizer.encode(piece))
         yield Completion("", len(pieces), finish)  # type: ignore[arg-type]

@@ -45,6 +45,9 @@ def vocab_size() -> int:
 
 def encode(text: str) -> list[int]:
     ids, _ = vocabulary()
+    whole = ids.get(text)
+    if whole is not None:  # one vocabulary piece (a streamed token): the split below gives it alone
+        return [whole]
     out: list[int] = []
     for piece in _PIECE.findall(text):
         token = ids.get(piece)
