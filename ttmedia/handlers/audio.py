@@ -8,10 +8,11 @@ from typing import Any
 
 import orjson
 from starlette.datastructures import UploadFile
-from starlette.responses import Response, StreamingResponse
+from starlette.responses import Response
 
 from ttmedia.handlers._calls import choose_pool, stream_failure
 from ttmedia.handlers._uploads import decode_audio, upload_bytes
+from ttmedia.web.body_lane import LaneStreamingResponse
 from ttmedia.web.responses import json_response
 from ttmedia.runners.types import AUDIO, Segment, Transcription, TranscriptionRequest
 from ttmedia.web.runtime import current
@@ -55,8 +56,8 @@ async def _run(body: dict[str, Any], file: UploadFile | None, task: str) -> Resp
     if body.get("stream"):
         # Admitted now, so 429/503 still come as a status; the lines follow as segments finish.
         if fmt == "text":  # upstream: one plain line per segment, no final body
-            return StreamingResponse(_text_lines(pool.open_stream(request)), media_type="text/plain")
-        return StreamingResponse(_lines(pool.open_stream(request), fmt), media_type=NDJSON)
+            return LaneStreamingResponse(_text_lines(pool.open_stream(request)), media_type="text/plain")
+        return LaneStreamingResponse(_lines(pool.open_stream(request), fmt), media_type=NDJSON)
     return _render(await pool.submit(request), fmt)
 
 

@@ -41,6 +41,7 @@ from starlette.middleware.cors import CORSMiddleware
 from ttmedia import startup
 
 from ttmedia.web import fastpath, httpguard, problems
+from ttmedia.web.body_lane import BodyLane
 from ttmedia.web.context import note
 from ttmedia.internals import connexion as internal_connexion
 from ttmedia.internals import uvicorn as internal_uvicorn
@@ -339,7 +340,8 @@ def _build(settings: Settings, server: Any = None) -> AsyncApp:
                 startup.release_process()
                 write_through()
 
-    middlewares = list(ConnexionMiddleware.default_middlewares)
+    # BodyLane first of all: token streams send their body chunks past the others (body_lane.py).
+    middlewares = [BodyLane, *ConnexionMiddleware.default_middlewares]
     if not settings.auth_enabled:
         middlewares.remove(SecurityMiddleware)
     app = AsyncApp(

@@ -6,7 +6,9 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import orjson
-from starlette.responses import Response, StreamingResponse
+from starlette.responses import Response
+
+from ttmedia.web.body_lane import LaneStreamingResponse
 
 
 class JSONResponse(Response):
@@ -23,8 +25,8 @@ def json_response(content: Any, status: int = 200, headers: dict[str, str] | Non
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 
-def sse_response(events: AsyncIterator[bytes]) -> StreamingResponse:
-    return StreamingResponse(events, media_type="text/event-stream", headers=SSE_HEADERS)
+def sse_response(events: AsyncIterator[bytes]) -> LaneStreamingResponse:
+    return LaneStreamingResponse(events, media_type="text/event-stream", headers=SSE_HEADERS)
 
 
 def sse_event(data: Any) -> bytes:
