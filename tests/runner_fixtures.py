@@ -43,6 +43,20 @@ class _Recording(Runner):
         return [EmbeddingResult(_unit_vectors(r.inputs, r.dimensions or self.size)) for r in batch]
 
 
+class ModelObjectsRunner(_Recording):
+    """Holds 50,000 objects from its warmup (as a model's modules do), and reports how many
+    objects the worker's collector has frozen when its first batch runs."""
+
+    def warmup(self) -> None:
+        self.model_objects = [[i] for i in range(50_000)]  # lists: the collector always tracks them
+
+    def run(self, batch: list[EmbeddingRequest]) -> list[EmbeddingResult]:
+        import gc
+
+        self.record("frozen", gc.get_freeze_count())
+        return super().run(batch)
+
+
 class SlowWarmupRunner(_Recording):
     """Loads for `~warmup_s` seconds with its thread blocked, as torch or ttnn code does."""
 

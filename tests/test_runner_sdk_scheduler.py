@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ttmedia.runners.types import Completion, LLMRequest, Progress, TokenChunk, VideoRequest, VideoResult
+from ttmedia.runners.types import Completion, EmbeddingRequest, LLMRequest, Progress, TokenChunk, VideoRequest, VideoResult
 from ttmedia.scheduler.readiness import ModelState
 from ttmedia.scheduler.scheduler import Scheduler
 from ttmedia.settings import Settings
@@ -50,6 +50,17 @@ def test_a_synchronous_stream_stops_generating_when_its_client_leaves(tmp_path: 
         assert len(made) < 10
 
     run(body, f"gen=tests.runner_fixtures:CountingLLMRunner~family=llm~log_dir={tmp_path}")
+
+
+def test_what_a_runner_holds_after_warmup_is_kept_out_of_the_workers_collector(tmp_path: Path) -> None:
+    """A full collection in a worker holding torch's objects took ~130 ms: every stream on it
+    stalled. The worker freezes what exists once warmup is over."""
+    async def body(pool: Any) -> None:
+        await pool.submit(EmbeddingRequest(["x"]))
+        frozen = json.loads((tmp_path / "frozen.jsonl").read_text().splitlines()[0])
+        assert frozen >= 50_000
+
+    run(body, f"objs=tests.runner_fixtures:ModelObjectsRunner~family=embedding~log_dir={tmp_path}")
 
 
 def test_a_stream_runs_to_its_end_with_the_final_completion(tmp_path: Path) -> None:

@@ -242,6 +242,9 @@ def import_media_stack() -> None:
     from ttmedia.media import audio, images  # noqa: F401
 
     Image.init()  # the format plugins, which Pillow otherwise loads on the first open()
+    # Their ~12,000 objects live as long as the server, like those frozen at start-up: left in
+    # the collector's old generation, they cost every full collection ~3 ms of a held loop.
+    gc.freeze()
 
 
 def create_app(settings: Settings | None = None) -> AsyncApp:
