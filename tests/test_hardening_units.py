@@ -298,3 +298,23 @@ def test_the_media_stack_imported_at_start_is_kept_out_of_the_collector() -> Non
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr[-2000:]
     assert int(done.stdout.split()[-1]) >= 5_000
+
+
+def test_a_simulators_device_work_and_a_workers_encoding_run_below_the_loops_priority() -> None:
+    """On TT hardware the device computes, not the host's CPU: the simulators' pixels and frames
+    are made at niceness 10, and a worker encodes results at the media codecs' niceness."""
+    import asyncio
+    import os
+    import threading
+
+    from ttmedia.media.priority import MEDIA_CODEC_NICENESS, niced_threads
+    from ttmedia.runners.sim import SIM_DEVICE_NICENESS, on_sim_device
+
+    def niceness() -> int:
+        return os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+
+    base = niceness()
+    assert asyncio.run(on_sim_device(niceness)) == max(base, SIM_DEVICE_NICENESS)
+    with niced_threads(1, MEDIA_CODEC_NICENESS, "test-encode") as pool:
+        assert pool.submit(niceness).result() == max(base, MEDIA_CODEC_NICENESS)
+    assert niceness() == base

@@ -12,15 +12,13 @@ import asyncio
 import binascii
 import functools
 import re
-import threading
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from starlette.datastructures import UploadFile
 
 from ttmedia.web import problems
-from ttmedia.media.priority import nice_at_least
+from ttmedia.media.priority import MEDIA_CODEC_NICENESS, niced_threads
 from ttmedia.media.errors import EncoderUnavailable, MediaError, MediaTooLong, UnsupportedMediaFormat
 
 if TYPE_CHECKING:
@@ -28,17 +26,11 @@ if TYPE_CHECKING:
 
 #: Media decodes in memory at once.
 MEDIA_DECODERS = 2
-#: Niceness of the decoding threads (Linux sets it per thread). A large PNG takes ~100 ms of CPU
-#: to decode, with the GIL released; on a busy host that CPU should go to the event loop first,
-#: which every client's next token waits on. On an idle host decoding is as fast as before.
-MEDIA_DECODE_NICENESS = 5
+#: Niceness of the decoding threads (Linux sets it per thread; see media.priority).
+MEDIA_DECODE_NICENESS = MEDIA_CODEC_NICENESS
 
 
-def _lower_priority() -> None:
-    nice_at_least(threading.get_native_id(), MEDIA_DECODE_NICENESS)
-
-
-_decoders = ThreadPoolExecutor(MEDIA_DECODERS, thread_name_prefix="media-decode", initializer=_lower_priority)
+_decoders = niced_threads(MEDIA_DECODERS, MEDIA_DECODE_NICENESS, "media-decode")
 _OBJECT_REPR = re.compile(r"<[\w.]+ object at 0x[0-9a-fA-F]+>")
 
 T = TypeVar("T")

@@ -31,6 +31,7 @@ from concurrent.futures import ThreadPoolExecutor
 from multiprocessing.connection import Connection
 from typing import Any
 
+from ttmedia.media.priority import MEDIA_CODEC_NICENESS, niced_threads
 from ttmedia.runners import registry
 from ttmedia.runners.base import CURRENT_CALL, CallControl, DeviceError, Runner, RunnerRequestError
 from ttmedia.runners.faults import FaultPlan
@@ -56,6 +57,9 @@ class Worker:
         # file descriptors (its self-pipe, a runner's own), far below select()'s limit.
         self.loop: asyncio.AbstractEventLoop = asyncio.SelectorEventLoop(selectors.SelectSelector())
         self.device = ThreadPoolExecutor(1, thread_name_prefix="ttmedia-device")
+        # Encoding pixels is bulk work: the niceness of the server's media decoding, so that on
+        # a shared host it yields the core to the event loop and the token streams.
+        self.encoders = niced_threads(1, MEDIA_CODEC_NICENESS, "ttmedia-encode")
         self.tasks: dict[str, asyncio.Task[None]] = {}
         self.controls: dict[str, CallControl] = {}
         # Calls beyond the runner's max_concurrency wait here, in arrival order. The scheduler
@@ -268,7 +272,7 @@ class Worker:
                     if isinstance(res, ImageResult) and isinstance(req, ImageRequest) else res
                     for req, res in zip(requests, results, strict=True)]
 
-        return await self.loop.run_in_executor(None, encode)
+        return await self.loop.run_in_executor(self.encoders, encode)
 
     def _failed(self, request_ids: list[str], exc: BaseException) -> None:
         if isinstance(exc, DeviceError):

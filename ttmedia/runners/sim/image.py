@@ -13,6 +13,7 @@ import asyncio
 from typing import TYPE_CHECKING
 
 from ttmedia.runners.base import Runner, RunnerContext, RunnerRequestError, device_time
+from ttmedia.runners.sim import on_sim_device
 from ttmedia.runners.types import ImageRequest, ImageResult
 
 if TYPE_CHECKING:
@@ -44,7 +45,7 @@ class SimImageRunner(Runner):
         t = self.ctx.timing
         steps = sum(_device_steps(r) for r in batch)
         device = asyncio.ensure_future(device_time(t.base_s + t.per_step_s * steps))
-        images = await asyncio.to_thread(lambda: [ImageResult(self._render(r)) for r in batch])
+        images = await on_sim_device(lambda: [ImageResult(self._render(r)) for r in batch])
         await device
         return images
 

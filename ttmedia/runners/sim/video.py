@@ -9,12 +9,12 @@ around its `frame_pos`, so the conditioning visibly shows in the output.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator, Iterator
 
 import numpy as np
 
 from ttmedia.runners.base import Runner, RunnerContext, RunnerRequestError, device_time
+from ttmedia.runners.sim import on_sim_device
 from ttmedia.runners.types import Progress, VideoRequest, VideoResult
 
 #: Upstream's frame_pos range is 0..80 (81 frames); positions scale onto the simulated length.
@@ -45,7 +45,7 @@ class SimVideoRunner(Runner):
         for step in range(1, steps + 1):
             await device_time(t.per_step_s)
             yield Progress(90 * step // steps, step, steps)
-        yield await asyncio.to_thread(self._encode, request)
+        yield await on_sim_device(self._encode, request)
 
     @staticmethod
     def _encode(request: VideoRequest) -> VideoResult:
