@@ -30,7 +30,6 @@ from ttmedia.media.errors import (
     UnsupportedMediaFormat,
 )
 from ttmedia.media.images import (
-    decode_base64_image,
     decode_image,
     encode_image,
     synthesize_image,
@@ -132,14 +131,23 @@ def test_transparent_png_is_composited_on_white() -> None:
     assert np.all(np.asarray(decode_image(buf.getvalue())) == 255)
 
 
-def test_base64_and_data_uri(picture: np.ndarray) -> None:
-    encoded = base64.b64encode(encode_image(picture, "PNG")).decode()
-    for text in (encoded, f"data:image/png;base64,{encoded}", encoded.rstrip("=")):
-        assert np.array_equal(np.asarray(decode_base64_image(text)), picture)
-    with pytest.raises(UndecodableMedia):
-        decode_base64_image("@@not base64@@")
-    with pytest.raises(UnsupportedMediaFormat):
-        decode_base64_image(f"data:audio/wav;base64,{encoded}")
+def test_base64_and_data_uri_image_fields(picture: np.ndarray) -> None:
+    import asyncio
+
+    from ttmedia.handlers._uploads import decode_image as decode_field, image_bytes
+    from ttmedia.web.problems import InvalidRequest
+
+    png = encode_image(picture, "PNG")
+    encoded = base64.b64encode(png).decode()
+    for text in (encoded, f"data:image/png;base64,{encoded}", encoded.rstrip("="),
+                 encoded.replace("+", "-").replace("/", "_")):
+        assert asyncio.run(image_bytes(text, "image")) == png
+    assert np.array_equal(asyncio.run(decode_field(png, "image")), picture)
+    with pytest.raises(InvalidRequest):
+        asyncio.run(image_bytes("@@not base64@@", "image"))
+    wav = base64.b64encode(b"RIFF\x00\x00\x00\x00WAVEfmt ").decode()
+    with pytest.raises(InvalidRequest, match="not a usable image"):
+        asyncio.run(decode_field(asyncio.run(image_bytes(f"data:audio/wav;base64,{wav}", "image")), "image"))
 
 
 def test_transform_strength_zero_returns_input(picture: np.ndarray) -> None:

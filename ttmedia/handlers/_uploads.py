@@ -144,9 +144,9 @@ async def image_bytes(value: str, field: str) -> bytes:
     return await b64decode_in_pieces(payload, field)
 
 
-async def decode_image(data: bytes | str, field: str, size: int | None = None, mode: str = "RGB",
+async def decode_image(data: bytes, field: str, size: int | None = None, mode: str = "RGB",
                        min_side: int | None = None) -> np.ndarray:
-    """Bytes or base64 text → uint8 pixels (resized to size×size if given); 422 if undecodable.
+    """Image bytes → uint8 pixels (resized to size×size if given); 422 if undecodable.
 
     With `size` (or `min_side`, when the caller resizes itself) a large image is reduced while
     it is decoded, so it never sits in memory at full size more than once."""
@@ -157,8 +157,7 @@ async def decode_image(data: bytes | str, field: str, size: int | None = None, m
         from ttmedia.media import images
 
         needed = size or min_side
-        img = (images.decode_base64_image(data, min_side=needed) if isinstance(data, str)
-               else images.decode_image(data, min_side=needed))
+        img = images.decode_image(data, min_side=needed)
         if img.mode != mode:
             img = img.convert(mode)
         if size:

@@ -55,7 +55,7 @@ async def search_image(body: dict[str, Any], file: UploadFile | None = None) -> 
     runtime = current()
     pool = choose_pool(CNN, body.get("model"))
     if file is not None:
-        data: bytes | str = await upload_bytes(body, file, "file", runtime.settings.max_request_body_bytes)
+        data = await upload_bytes(body, file, "file", runtime.settings.max_request_body_bytes)
         pixels = await decode_image(data, "file", min_side=256)
     else:
         pixels = await decode_image(await image_bytes(body["prompt"], "prompt"), "prompt", min_side=256)

@@ -16,7 +16,6 @@ cancelled job, cancelling a finished one) is a bug caught at the source, not a c
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import re
 import uuid
@@ -142,13 +141,3 @@ def _int_or_none(value: float | None) -> int | None:
 def describe_blob(data: bytes) -> dict[str, Any]:
     """What a job echoes instead of an uploaded image: enough to identify it, not the bytes."""
     return {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
-
-
-def describe_base64(text: str) -> dict[str, Any]:
-    """Like describe_blob for a base64 / data-URI string, without decoding it twice."""
-    payload = text.split(",", 1)[1] if text.startswith("data:") and "," in text else text
-    try:
-        data = base64.b64decode("".join(payload.split()) + "=" * (-len(payload) % 4), validate=False)
-    except ValueError:
-        data = text.encode()
-    return describe_blob(data)

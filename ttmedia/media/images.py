@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import base64
-import binascii
 import colorsys
 import hashlib
 import io
@@ -16,7 +14,6 @@ from PIL import Image, ImageOps
 from ttmedia.media.errors import UndecodableMedia, UnsupportedMediaFormat
 
 __all__ = [
-    "decode_base64_image",
     "decode_image",
     "encode_image",
     "render_picture",
@@ -25,7 +22,6 @@ __all__ = [
 ]
 
 _ENCODE_FORMATS = {"JPEG": "JPEG", "JPG": "JPEG", "PNG": "PNG"}
-_DATA_URI = re.compile(r"data:(?P<mime>[\w.+-]+/[\w.+-]+)?(?P<params>(?:;[^,;]*)*),", re.IGNORECASE)
 _MAX_MESSAGE = 160
 _OBJECT_REPR = re.compile(r"<[\w.]+ object at 0x[0-9a-fA-F]+>")
 _DEFAULT_TRANSFORM_STEPS = 30
@@ -95,35 +91,6 @@ def _scaled_request(width: int, height: int, min_side: int) -> tuple[int, int]:
     """The size to ask JPEG's draft mode for: the shorter side at least min_side."""
     scale = min_side / max(min(width, height), 1)
     return max(1, math.ceil(width * scale)), max(1, math.ceil(height * scale))
-
-
-def decode_base64_image(text: str, *, max_pixels: int = 40_000_000, min_side: int | None = None) -> Image.Image:
-    """Decode plain base64 or a ``data:image/...;base64,`` URI into an RGB image."""
-    if isinstance(text, bytes):
-        text = text.decode("ascii", errors="replace")
-    payload = _strip_data_uri(text.strip())
-    # Tolerate line-wrapped, URL-safe and unpadded base64, all common from browsers/clients.
-    payload = "".join(payload.split()).translate(str.maketrans("-_", "+/"))
-    payload += "=" * (-len(payload) % 4)
-    try:
-        raw = base64.b64decode(payload, validate=True)
-    except (binascii.Error, ValueError) as exc:
-        raise UndecodableMedia("image is not valid base64") from exc
-    return decode_image(raw, max_pixels=max_pixels, min_side=min_side)
-
-
-def _strip_data_uri(text: str) -> str:
-    if text[:5].lower() != "data:":
-        return text
-    match = _DATA_URI.match(text)
-    if match is None:
-        raise UndecodableMedia("malformed data URI")
-    mime = (match["mime"] or "").lower()
-    if mime and not mime.startswith("image/"):
-        raise UnsupportedMediaFormat(f"data URI has type {mime}, expected an image")
-    if ";base64" not in match["params"].lower():
-        raise UnsupportedMediaFormat("only base64-encoded data URIs are supported")
-    return text[match.end() :]
 
 
 def _to_rgb(img: Image.Image) -> Image.Image:
