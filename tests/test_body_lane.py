@@ -83,3 +83,50 @@ def test_the_app_puts_the_lane_outside_every_other_layer(tmp_path: Any) -> None:
 
     app = create_app(Settings(models="Qwen3-8B", data_dir=str(tmp_path)))
     assert app.middleware.middlewares[0] is BodyLane
+
+
+def test_a_client_that_leaves_ends_the_stream_and_nothing_else() -> None:
+    closed: list[bool] = []
+
+    async def endless() -> Any:
+        try:
+            while True:
+                yield b"data: x\n\n"
+                await asyncio.sleep(0.001)
+        finally:
+            closed.append(True)
+
+    async def scenario() -> list[Any]:
+        sent: list[Any] = []
+
+        async def receive() -> Any:
+            await asyncio.sleep(0.05)
+            return {"type": "http.disconnect"}
+
+        async def send(message: Any) -> None:
+            sent.append(message)
+
+        scope = {"type": "http", "asgi": {"spec_version": "2.3"}, "method": "POST", "path": "/"}
+        await BodyLane(LaneStreamingResponse(endless(), media_type="text/event-stream"))(scope, receive, send)
+        await asyncio.sleep(0.01)  # a cancellation left pending would strike here
+        return sent
+
+    sent = asyncio.run(scenario())
+    assert closed == [True]
+    assert sent[0]["type"] == "http.response.start" and 3 < len(sent) < 500
+
+
+def test_a_stream_that_ends_first_is_not_cancelled_by_a_late_disconnect() -> None:
+    async def scenario() -> str:
+        async def receive() -> Any:
+            return {"type": "http.disconnect"}  # at once: the client is gone before the end is sent
+
+        async def send(_message: Any) -> None:
+            await asyncio.sleep(0)
+
+        scope = {"type": "http", "asgi": {"spec_version": "2.3"}, "method": "POST", "path": "/"}
+        await BodyLane(LaneStreamingResponse(_events(), media_type="text/event-stream"))(scope, receive, send)
+        await asyncio.sleep(0.01)
+        return "after"
+
+    assert asyncio.run(scenario()) == "after"
