@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
-import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
@@ -77,18 +76,18 @@ class CallControl:
 
     def __init__(self, report: Callable[[Progress], None] | None = None) -> None:
         self._report = report
-        self._cancelled = threading.Event()
+        self._cancelled = False  # one store and one load, each atomic: no Event (a Condition and its lock) per call
 
     def progress(self, progress: Progress) -> None:
         if self._report is not None:
             self._report(progress)
 
     def cancel(self) -> None:
-        self._cancelled.set()
+        self._cancelled = True
 
     @property
     def cancelled(self) -> bool:
-        return self._cancelled.is_set()
+        return self._cancelled
 
 
 #: The call the current code runs for (set by the worker around every runner call).

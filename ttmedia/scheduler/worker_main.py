@@ -69,6 +69,7 @@ class Worker:
         self.waiting: deque[tuple[str, Callable[[], Coroutine[Any, Any, None]]]] = deque()
         self.faults = FaultPlan(list(spec.faults), seed=f"{spec.context.model}/{spec.context.worker_id}/{spec.incarnation}")
         self.runner: Runner | None = None
+        self._stream_is_generator: bool | None = None  # of runner.stream, looked up once
         self.info = RunnerInfo()
         self.stopping = asyncio.Event()
         self._pipe_lock = threading.Lock()  # the loop and the heartbeat thread both write
@@ -304,15 +305,21 @@ class Worker:
                 self._device_done(request_id)
                 self.send((p.END, request_id, (await self._encode([request], results))[0]))
                 return
-            async for item in await self._items(request):
-                if isinstance(item, TokenChunk):
-                    self.send((p.TOKEN, request_id, item.text, item.token_ids))
-                elif isinstance(item, FINAL_TYPES):
-                    self._device_done(request_id)
-                    self.send((p.END, request_id, item))
-                    return
-                else:
-                    self.send((p.CHUNK, request_id, item))
+            items = await self._items(request)
+            try:
+                async for item in items:
+                    if isinstance(item, TokenChunk):
+                        self.send((p.TOKEN, request_id, item.text, item.token_ids))
+                    elif isinstance(item, FINAL_TYPES):
+                        self._device_done(request_id)
+                        self.send((p.END, request_id, item))
+                        return
+                    else:
+                        self.send((p.CHUNK, request_id, item))
+            finally:
+                # Closed here, after its final item: left to the collector, asyncio would close
+                # it from a task of its own, woken through the loop's self-pipe.
+                await _close(items)
             raise RunnerBug(f"stream() ended without a final {FAMILIES[self.family][1].__name__}")
         except asyncio.CancelledError:
             return
@@ -324,7 +331,9 @@ class Worker:
         between its tokens and the pipe), a plain one stepped on the device thread."""
         assert self.runner is not None
         method = self.runner.stream
-        if inspect.isasyncgenfunction(method) or inspect.isgeneratorfunction(method):
+        if self._stream_is_generator is None:
+            self._stream_is_generator = inspect.isasyncgenfunction(method) or inspect.isgeneratorfunction(method)
+        if self._stream_is_generator:
             iterator: Any = method(request)
         else:
             iterator = await self._invoke(method, request)
@@ -422,6 +431,18 @@ class Worker:
         await self._invoke(self.runner.close)
         self._outbox.flush()
         return 0
+
+
+async def _close(items: Any) -> None:
+    """aclose() an async generator whose consumer is done with it; a runner whose generator
+    refuses to close (it yields again) has a bug, printed like the others."""
+    close = getattr(items, "aclose", None)
+    if close is None:
+        return
+    try:
+        await close()
+    except Exception as exc:  # noqa: BLE001 - the stream's outcome is already sent
+        traceback.print_exception(exc, file=sys.stderr)
 
 
 def main(conn: Connection, spec: WorkerSpec) -> None:
