@@ -28,6 +28,7 @@ from io import BytesIO
 from bench import load as L
 from bench.run import COMPLETION, STREAM, STREAM_ENV, compile_bytecode
 from bench.servers import LOAD_CORE, pinning_available, starlette_server, ttmedia_server
+from ttmedia.testing.harness import group_members
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -40,31 +41,15 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def descendants(pid: int) -> list[int]:
-    """The processes below `pid` (the device workers, the forkserver)."""
-    parents: dict[int, int] = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/stat") as f:
-                    parents[int(entry)] = int(f.read().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue  # gone while we looked
-    found, frontier = [], [pid]
-    while frontier:
-        children = [child for child, parent in parents.items() if parent in frontier]
-        found += children
-        frontier = children
-    return found
-
-
 class CpuMeter:
     """CPU used by the server's own process and, apart, by its worker processes: the workers
     share the server's core, so their cost is part of what a token stream pays for."""
 
     def __init__(self, pid: int) -> None:
         self.pid = pid
-        self.workers = descendants(pid)
+        # The server leads its own process group (started with start_new_session), and its
+        # forkserver and workers are in it.
+        self.workers = [member for member in group_members(pid) if member != pid]
         self.start = self._now()
 
     def _now(self) -> tuple[float, float]:
