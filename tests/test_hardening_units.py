@@ -248,6 +248,7 @@ def test_media_decoding_threads_run_below_the_event_loops_priority() -> None:
     import threading
 
     from ttmedia.handlers import _uploads
+    from ttmedia.media.priority import MEDIA_CODEC_NICENESS
 
     def niceness() -> int:
         return os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
@@ -256,7 +257,7 @@ def test_media_decoding_threads_run_below_the_event_loops_priority() -> None:
         return await _uploads._off_loop(niceness)
 
     base = niceness()
-    assert asyncio.run(body()) == max(base, _uploads.MEDIA_DECODE_NICENESS)
+    assert asyncio.run(body()) == max(base, MEDIA_CODEC_NICENESS)
     assert niceness() == base  # the loop's own thread keeps its priority
 
 

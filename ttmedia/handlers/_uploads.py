@@ -26,11 +26,7 @@ if TYPE_CHECKING:
 
 #: Media decodes in memory at once.
 MEDIA_DECODERS = 2
-#: Niceness of the decoding threads (Linux sets it per thread; see media.priority).
-MEDIA_DECODE_NICENESS = MEDIA_CODEC_NICENESS
-
-
-_decoders = niced_threads(MEDIA_DECODERS, MEDIA_DECODE_NICENESS, "media-decode")
+_decoders = niced_threads(MEDIA_DECODERS, MEDIA_CODEC_NICENESS, "media-decode")
 _OBJECT_REPR = re.compile(r"<[\w.]+ object at 0x[0-9a-fA-F]+>")
 
 T = TypeVar("T")

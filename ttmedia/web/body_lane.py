@@ -69,8 +69,8 @@ class LaneStreamingResponse(StreamingResponse):
             return
         # Before ASGI 2.4 (uvicorn says 2.3) a send to a client that has left is dropped without
         # a word, so its leaving is heard on receive. Starlette streams in an anyio task group
-        # for that, which cost ~200 µs per stream; one asyncio task that cancels this one does
-        # the same for a fraction of it.
+        # for that, which cost ~0.4 ms of server CPU per stream; one asyncio task that cancels
+        # this one does the same.
         task = asyncio.current_task()
         assert task is not None
         streaming, left = True, False
@@ -89,13 +89,12 @@ class LaneStreamingResponse(StreamingResponse):
         listener = asyncio.ensure_future(listen())
         try:
             await self.stream_response(send)
-            streaming = False
         except asyncio.CancelledError:
-            streaming = False
             if not left:
                 raise
             task.uncancel()  # ours: the client left, the stream is over
         finally:
+            # No await between the stream's end and here: the listener cannot cancel in between.
             streaming = False
             listener.cancel()
         if self.background is not None:
