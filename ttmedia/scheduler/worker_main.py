@@ -58,8 +58,10 @@ class Worker:
         self.loop: asyncio.AbstractEventLoop = asyncio.SelectorEventLoop(selectors.SelectSelector())
         self.device = ThreadPoolExecutor(1, thread_name_prefix="ttmedia-device")
         # Encoding pixels is bulk work: the niceness of the server's media decoding, so that on
-        # a shared host it yields the core to the event loop and the token streams.
-        self.encoders = niced_threads(1, MEDIA_CODEC_NICENESS, "ttmedia-encode")
+        # a shared host it yields the core to the event loop and the token streams. As many
+        # threads as cores, as the default executor had for it: a runner with several calls in
+        # flight may have several results to encode at once (threads start only when needed).
+        self.encoders = niced_threads(os.cpu_count() or 1, MEDIA_CODEC_NICENESS, "ttmedia-encode")
         self.tasks: dict[str, asyncio.Task[None]] = {}
         self.controls: dict[str, CallControl] = {}
         # Calls beyond the runner's max_concurrency wait here, in arrival order. The scheduler
