@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import http.client
 import io
 import json
 import math
@@ -114,12 +115,15 @@ async def _measure(url: str, seconds: float, idle: L.StreamResult, events: dict[
         events["jobs queued before the window"] = len(queued)
         await _post_many(url, None, None, 0, [f"/v1/videos/generations/{i}/cancel" for i in finished])
         events["jobs cancelled (finished) just before the window"] = len(finished)
+    # Made before the window: encoding 13.7 MB of base64 JSON holds this client's GIL for ~50 ms,
+    # which the streams would count as a token gap of the server's.
+    edit_body = await asyncio.to_thread(_edit_body) if "edits" not in without else b""
     before = await _lag_histogram(url)
     started = time.monotonic()
     streams = asyncio.ensure_future(L._streams(url + "/v1/completions", STREAM, 8, seconds))
     background = []
     if "edits" not in without:
-        background.append(asyncio.ensure_future(_edits(url, started + seconds, events)))
+        background.append(asyncio.ensure_future(_edits(url, edit_body, started + seconds, events)))
     if "reset" not in without:
         background.append(asyncio.ensure_future(_reset(url, started, events)))
     sweep = (asyncio.ensure_future(_watch_sweep(url, finished[0], started, started + seconds, events))
@@ -149,21 +153,29 @@ def _edit_body() -> bytes:
     return json.dumps(body).encode()
 
 
-async def _edits(url: str, until: float, events: dict[str, float]) -> None:
-    body = await asyncio.to_thread(_edit_body)
+async def _edits(url: str, body: bytes, until: float, events: dict[str, float]) -> None:
+    """An edit every 2 s, from a thread of blocking sockets: written from this process's event
+    loop, one 13.7 MB send held it for 30-40 ms (the kernel copies it to the server's socket in
+    the sender's call), and every stream read here counted that as the server's token gap."""
     events["image edit body MB"] = len(body) / 1e6
     host, port = _host_port(url)
-    conn = L.Connection(host, port)
-    await conn.open()
+    conn = http.client.HTTPConnection(host, port, timeout=120)
     statuses: dict[int, int] = {}
     await asyncio.sleep(0.5)
     while time.monotonic() < until - 1:
-        status, _h, _t = await _request(conn, "POST", "/v1/images/edits", body)
+        status = await asyncio.to_thread(_post_blocking, conn, "/v1/images/edits", body)
         statuses[status] = statuses.get(status, 0) + 1
         await asyncio.sleep(2)
     conn.close()
     for status, count in sorted(statuses.items()):
         events[f"image edits answered {status}"] = count
+
+
+def _post_blocking(conn: http.client.HTTPConnection, path: str, body: bytes) -> int:
+    conn.request("POST", path, body, {"Content-Type": "application/json"})
+    response = conn.getresponse()
+    response.read()
+    return response.status
 
 
 async def _reset(url: str, started: float, events: dict[str, float]) -> None:
