@@ -96,6 +96,8 @@ def test_the_loop_runs_while_a_large_body_is_parsed_and_its_base64_decoded() -> 
     "QUJD" * 100_000 + "Q===",  # invalid
     "QUJD" * 50_000 + "QQ==" + "QUJD" * 50_000,  # padding before the end: invalid
     "QUJD" * 100_000 + "é",  # not ASCII
+    "QUJD" * (_uploads.BASE64_PIECE_CHARS // 4 - 1) + "QQ==" + "QUJD" * 1_000,  # padding ends a piece: invalid
+    "QUJD" * 100_000 + " QQ==",  # a space near the end
 ])
 def test_base64_in_pieces_has_the_one_calls_verdict(text: str) -> None:
     assert len(text) > _uploads.BASE64_PIECE_CHARS
@@ -108,3 +110,31 @@ def test_base64_in_pieces_has_the_one_calls_verdict(text: str) -> None:
     except InvalidRequest:
         got = None
     assert got == expected
+
+
+def test_base64_pieces_agree_with_one_call_on_fuzzed_text(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With pieces of 8 characters every boundary case comes up: padding, whitespace, URL-safe
+    characters or junk on either side of a cut. Fast path or general, the verdict is one call's."""
+    import random
+
+    rng = random.Random(13)
+    monkeypatch.setattr(_uploads, "BASE64_PIECE_CHARS", 8)
+    junk = ["=", "==", " ", "\n", "-", "_", "!", "é", "Q", "QQ"]
+    for _ in range(4_000):
+        text = base64.b64encode(rng.randbytes(rng.randrange(7, 40))).decode()
+        if rng.random() < 0.5:
+            text = text.rstrip("=")
+        for _ in range(rng.choice((0, 0, 1, 2))):
+            at = rng.randrange(len(text) + 1)
+            text = text[:at] + rng.choice(junk) + text[at:]
+        if len(text) <= 8:
+            continue
+        try:
+            expected: bytes | None = _uploads.b64decode(text, "image")
+        except InvalidRequest:
+            expected = None
+        try:
+            got: bytes | None = asyncio.run(_uploads.b64decode_in_pieces(text, "image"))
+        except InvalidRequest:
+            got = None
+        assert got == expected, text

@@ -15,6 +15,7 @@ import re
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
+import pybase64
 from starlette.datastructures import UploadFile
 
 from ttmedia.web import problems
@@ -65,6 +66,7 @@ def _too_large(field: str, size: int, limit: int) -> problems.PayloadTooLarge:
 
 #: Base64 characters decoded per step. A 13 MB image edit decoded in one call held the GIL (and
 #: with it the event loop, even from a thread) for ~110 ms; in pieces, the loop runs between them.
+#: (pybase64 then cut the decoding itself from 32 to 1.7 ms; the text's preparation is the rest.)
 BASE64_PIECE_CHARS = 256 * 1024
 _URL_SAFE = bytes.maketrans(b"-_", b"+/")
 
@@ -90,6 +92,12 @@ def _ascii_base64(text: str, field: str) -> bytes:
 
 def _decode_quanta(payload: bytes, field: str) -> bytes:
     try:
+        return pybase64.b64decode(payload, validate=True)
+    except (binascii.Error, ValueError):
+        # pybase64 refuses excess padding ("QQ===") that binascii's strict mode takes; it never
+        # takes what binascii refuses (600,000 fuzzed inputs), so binascii gives the verdict.
+        pass
+    try:
         return binascii.a2b_base64(payload, strict_mode=True)
     except (binascii.Error, ValueError):
         raise _not_base64(field) from None
@@ -108,6 +116,9 @@ async def b64decode_in_pieces(text: str, field: str) -> bytes:
     """b64decode, a piece at a time with the event loop running between pieces."""
     if len(text) <= BASE64_PIECE_CHARS:
         return b64decode(text, field)
+    plain = await _plain_base64_in_pieces(text)
+    if plain is not None:
+        return plain
     decoded: list[bytes] = []
     carry = b""
     for start in range(0, len(text), BASE64_PIECE_CHARS):
@@ -124,6 +135,28 @@ async def b64decode_in_pieces(text: str, field: str) -> bytes:
         keep = max(len(payload) - len(payload) % 4 - 4, 0)
         decoded.append(_decode_quanta(payload[:keep], field))
         carry = payload[keep:]
+        await asyncio.sleep(0)
+    return b"".join(decoded)
+
+
+async def _plain_base64_in_pieces(text: str) -> bytes | None:
+    """Decoded text, if it is what clients send nearly always: the standard alphabet, no
+    whitespace, padded or not. None for anything else (the caller's general path decides).
+
+    Every piece but the last is whole quanta of alphabet characters, so decoding pieces one by
+    one gives what one call over the text gives; pybase64 takes ASCII text as it is, without
+    the copies the general path makes to strip whitespace and map the URL-safe alphabet."""
+    decoded: list[bytes] = []
+    for start in range(0, len(text), BASE64_PIECE_CHARS):
+        piece = text[start:start + BASE64_PIECE_CHARS]
+        last = start + BASE64_PIECE_CHARS >= len(text)
+        if not last and "=" in piece:  # padding ends the text; one call's verdict is the contract
+            return None
+        try:
+            decoded.append(pybase64.b64decode(piece + "=" * (-len(piece) % 4) if last else piece,
+                                              validate=True))
+        except (binascii.Error, ValueError):
+            return None
         await asyncio.sleep(0)
     return b"".join(decoded)
 
