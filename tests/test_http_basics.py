@@ -78,7 +78,15 @@ def test_completion_chat_and_streams():
         assert "".join(texts) == plain, "a stream carries exactly the non-streamed text"
 
 
-def test_errors_are_problems():
+def test_errors_are_problems(monkeypatch):
+    # Problems are rendered on the event loop: a plain-function error handler would make
+    # Connexion hop to a worker thread for each one.
+    import connexion.middleware.exceptions as connexion_exceptions
+
+    def no_thread(*_args, **_kwargs):
+        raise AssertionError("an error handler ran in a worker thread")
+
+    monkeypatch.setattr(connexion_exceptions, "run_in_threadpool", no_thread)
     with app_client() as c:
         assert_problem(c.post("/v1/completions", content=b"{bad", headers={"content-type": "application/json"}),
                        400, "malformed_body")

@@ -165,37 +165,40 @@ def _render(problem: problems.Problem) -> ConnexionResponse:
 
 
 def _install_error_handlers(app: AsyncApp, spec: dict[str, Any]) -> None:
+    # Coroutines, all of them: Connexion runs a plain function handler in a worker thread (an
+    # anyio hop per problem answered, and ~16 ms of anyio imports on the first), and these only
+    # render a small body.
     allowed = AllowedMethods(spec)
 
-    def on_problem(_req: ConnexionRequest, exc: problems.Problem) -> ConnexionResponse:
+    async def on_problem(_req: ConnexionRequest, exc: problems.Problem) -> ConnexionResponse:
         if exc.status == 500:
             log.error("%r", exc)
         return _render(exc)
 
-    def on_scheduler_error(req: ConnexionRequest, exc: SchedulerError) -> ConnexionResponse:
-        return on_problem(req, as_problem(exc))
+    async def on_scheduler_error(req: ConnexionRequest, exc: SchedulerError) -> ConnexionResponse:
+        return await on_problem(req, as_problem(exc))
 
-    def on_bad_request(_req: ConnexionRequest, exc: BadRequestProblem) -> ConnexionResponse:
+    async def on_bad_request(_req: ConnexionRequest, exc: BadRequestProblem) -> ConnexionResponse:
         return _render(problems.InvalidRequest(str(exc.detail)))
 
-    def on_unauthorized(_req: ConnexionRequest, exc: OAuthProblem) -> ConnexionResponse:
+    async def on_unauthorized(_req: ConnexionRequest, exc: OAuthProblem) -> ConnexionResponse:
         return _render(problems.Unauthorized(str(exc.detail or "Missing or invalid API key.")))
 
-    def on_media_type(_req: ConnexionRequest, exc: UnsupportedMediaTypeProblem) -> ConnexionResponse:
+    async def on_media_type(_req: ConnexionRequest, exc: UnsupportedMediaTypeProblem) -> ConnexionResponse:
         return _render(problems.UnsupportedMediaType(str(exc.detail)))
 
-    def on_malformed(_req: ConnexionRequest, exc: Exception) -> ConnexionResponse:
+    async def on_malformed(_req: ConnexionRequest, exc: Exception) -> ConnexionResponse:
         return _render(problems.MalformedBody(f"The request body cannot be read: {exc}"))
 
-    def on_not_found(_req: ConnexionRequest, _exc: Exception) -> ConnexionResponse:
+    async def on_not_found(_req: ConnexionRequest, _exc: Exception) -> ConnexionResponse:
         return _render(problems.NotFound("No such path."))
 
-    def on_method(req: ConnexionRequest, _exc: Exception) -> ConnexionResponse:
+    async def on_method(req: ConnexionRequest, _exc: Exception) -> ConnexionResponse:
         methods = allowed.for_path(req.url.path)
         return _render(problems.MethodNotAllowed(
             f"{req.method} is not allowed here; allowed: {', '.join(methods)}.", methods))
 
-    def on_http(_req: ConnexionRequest, exc: HTTPException) -> ConnexionResponse:
+    async def on_http(_req: ConnexionRequest, exc: HTTPException) -> ConnexionResponse:
         status = exc.status_code
         if isinstance(exc, ProblemException):
             detail = str(exc.detail or exc.title or "")
@@ -208,7 +211,7 @@ def _install_error_handlers(app: AsyncApp, spec: dict[str, Any]) -> None:
         cls = by_status.get(status, problems.Internal)
         return _render(cls(detail))
 
-    def on_crash(_req: ConnexionRequest, exc: Exception) -> ConnexionResponse:
+    async def on_crash(_req: ConnexionRequest, exc: Exception) -> ConnexionResponse:
         log.exception("unhandled error", exc_info=exc)
         return _render(problems.Internal("An unexpected error occurred; it has been logged."))
 
