@@ -448,9 +448,13 @@ def test_llm_token_log_records_each_token(tiny_dir: Path, tmp_path: Path) -> Non
     prompt, ids = chat_prompt(runner)
     with in_call():
         [result] = runner.run([LLMRequest(prompt, ids, 10, temperature=1.0, seed=2)])
-    lines = log.read_text().splitlines()
+    rows = [line.split() for line in log.read_text().splitlines()]
+    tokens = [row for row in rows if row[1] != "end"]
     warm = 1  # the warmup's one-token canary
-    assert len(lines) == warm + result.completion_tokens
+    assert len(tokens) == warm + result.completion_tokens
+    assert [row[:3] for row in rows if row[1] == "end"] == [["1", "end", "length"],
+                                                            ["2", "end", result.finish_reason]]
+    assert rows[-1][:2] == ["2", "end"]
 
 
 def test_llm_rejects_an_over_long_prompt(llm: HFCausalLMRunner) -> None:

@@ -14,8 +14,11 @@ Options:
 * `chat_template`: a Jinja file (or the template itself) that replaces the directory's own,
   for models that ship none.
 * `max_model_length`: the context length, when neither config.json nor the tokenizer says.
-* `token_log`: a file that gets one line per generated token ("<stream> <index> <token id>"),
-  written and flushed as the token is made: how tests prove that a disconnect stops generation.
+* `token_log`: a file that gets one line per generated token ("<stream> <index> <token id>
+  <unix time>"), written and flushed as the token is made, and one "<stream> end <how> <unix
+  time>" as the stream ends: "stop" or "length" (its finish reason), "cancelled" (it saw the
+  call's cancellation) or "closed" (its caller closed it). How tests prove that a disconnect
+  stops generation.
 
 Decoding is our own loop over the model's forward pass with a KV cache, not `generate()`, so
 that each token leaves the runner the moment it exists and nothing is computed that nobody
@@ -347,39 +350,46 @@ class HFCausalLMRunner(Runner):
         count = token = 0
         finish = "length"
         stopped = False
-        with torch.inference_mode():
-            logits = self._forward(torch.tensor([prompt]), cache)
-            while count < budget:
-                if count:
-                    # The next token is computed only when the caller asks for it, and not at
-                    # all once the client has gone.
-                    if self.cancelled():
+        ended = "closed"  # what the log says if the caller closes the generator mid-stream
+        try:
+            with torch.inference_mode():
+                logits = self._forward(torch.tensor([prompt]), cache)
+                while count < budget:
+                    if count:
+                        # The next token is computed only when the caller asks for it, and not at
+                        # all once the client has gone.
+                        if self.cancelled():
+                            ended = "cancelled"
+                            break
+                        logits = self._forward(torch.tensor([[token]]), cache)
+                    token = self._sample(logits, sampling, generator)
+                    count += 1
+                    self._note(stream_id, count, token)
+                    if token in self.eos_ids:
+                        finish = "stop"
                         break
-                    logits = self._forward(torch.tensor([[token]]), cache)
-                token = self._sample(logits, sampling, generator)
-                count += 1
-                self._note(stream_id, count, token)
-                if token in self.eos_ids:
-                    finish = "stop"
-                    break
-                pending.append(token)
-                text, stopped = stops.feed(detok.push(token))
-                if text:
-                    yield TokenChunk(text, pending)
-                    pending = []
+                    pending.append(token)
+                    text, stopped = stops.feed(detok.push(token))
+                    if text:
+                        yield TokenChunk(text, pending)
+                        pending = []
+                    if stopped:
+                        finish = "stop"
+                        break
+            if not stopped:
+                # The end: release what was held (half a character, a stop sequence's beginning).
+                tail, stopped = stops.feed(detok.flush())
                 if stopped:
                     finish = "stop"
-                    break
-        if not stopped:
-            # The end: release what was held (half a character, a stop sequence's beginning).
-            tail, stopped = stops.feed(detok.flush())
-            if stopped:
-                finish = "stop"
-            else:
-                tail += stops.rest()
-            if tail:
-                yield TokenChunk(tail, pending)
-        yield Completion("", count, finish)  # type: ignore[arg-type]
+                else:
+                    tail += stops.rest()
+                if tail:
+                    yield TokenChunk(tail, pending)
+            if ended != "cancelled":
+                ended = finish
+            yield Completion("", count, finish)  # type: ignore[arg-type]
+        finally:
+            self._log(f"{stream_id} end {ended}")
 
     def _forward(self, input_ids: torch.Tensor, cache: Any) -> torch.Tensor:
         out = self.model(input_ids=input_ids, past_key_values=cache, use_cache=True)
@@ -406,6 +416,9 @@ class HFCausalLMRunner(Runner):
 
     def _note(self, stream_id: int, index: int, token: int) -> None:
         self.tokens_generated += 1
+        self._log(f"{stream_id} {index} {token}")
+
+    def _log(self, record: str) -> None:
         if self._log_path:
             with self._log_lock, open(str(self._log_path), "a") as log:
-                log.write(f"{stream_id} {index} {token} {time.time():.6f}\n")
+                log.write(f"{record} {time.time():.6f}\n")
