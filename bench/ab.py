@@ -14,7 +14,6 @@ of the same rounds, and B against A.
 from __future__ import annotations
 
 import argparse
-import compileall
 import contextlib
 import os
 import shutil
@@ -26,8 +25,8 @@ from collections.abc import Callable, Iterator
 from io import BytesIO
 
 from bench import load as L
-from bench.run import COMPLETION, STREAM, STREAM_ENV, compile_bytecode
-from bench.servers import LOAD_CORE, pinning_available, starlette_server, ttmedia_server
+from bench.run import COMPLETION, STREAM, STREAM_ENV
+from bench.servers import LOAD_CORE, compile_bytecode, pinning_available, starlette_server, ttmedia_server
 from ttmedia.testing.harness import group_members
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -118,7 +117,7 @@ def checkout(revision: str) -> Iterator[str | None]:
                                  check=True, capture_output=True).stdout
         with tarfile.open(fileobj=BytesIO(archive)) as tar:
             tar.extractall(where, filter="data")
-        compileall.compile_dir(os.path.join(where, "ttmedia"), quiet=1)
+        compile_bytecode(where)
         yield where
     finally:
         shutil.rmtree(where, ignore_errors=True)

@@ -321,7 +321,9 @@ def main(argv: list[str] | None = None) -> int:
     without = frozenset(filter(None, args.without.split(",")))
     if without - set(LOADS):
         parser.error(f"--without takes {', '.join(LOADS)}; not {', '.join(sorted(without - set(LOADS)))}")
-    from bench.servers import LOAD_CORE, pinning_available
+    from bench.servers import LOAD_CORE, compile_bytecode, pinning_available
+
+    compile_bytecode(args.source)
 
     if pinning_available():
         os.sched_setaffinity(0, {int(LOAD_CORE)})  # the measuring client stays off the server's core

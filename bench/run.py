@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 from bench import load as L
 from bench import looplag
-from bench.servers import LOAD_CORE, http_status, pinning_available, port_open, starlette_server, ttmedia_server
+from bench.servers import LOAD_CORE, compile_bytecode, http_status, pinning_available, port_open, starlette_server, ttmedia_server
 
 COMPLETION = {"prompt": "Benchmark prompt", "max_tokens": 16}
 STREAM = {"prompt": "Benchmark prompt", "max_tokens": 64, "stream": True}
@@ -262,16 +262,6 @@ SCENARIOS: dict[int, Callable[[Bench], None]] = {
     1: Bench.completions, 2: Bench.warming, 3: Bench.scaling, 4: Bench.streaming, 5: Bench.startup, 6: Bench.sigterm,
     7: Bench.batching, 8: Bench.loop_lag,
 }
-
-
-def compile_bytecode() -> None:
-    """Measure the server as deployed: `pip install` and the Docker image compile its bytecode,
-    while a checkout run with PYTHONDONTWRITEBYTECODE=1 would recompile it at every start."""
-    import compileall
-
-    import ttmedia
-
-    compileall.compile_dir(os.path.dirname(ttmedia.__file__), quiet=1)
 
 
 def main(argv: list[str] | None = None) -> int:

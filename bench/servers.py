@@ -31,6 +31,21 @@ SERVER_CORE = "0"
 LOAD_CORE = "1"
 
 
+def compile_bytecode(source: str | None = None) -> None:
+    """Measure the server as deployed: `pip install` and the Docker image compile its bytecode,
+    while a checkout run with PYTHONDONTWRITEBYTECODE=1 would recompile it at every start (and
+    in the workers, and on the first use of each lazily imported module, inside a window).
+    `source`: the tree that `ttmedia_server(source=...)` serves, else the installed package."""
+    import compileall
+
+    if source is None:
+        import ttmedia
+
+        compileall.compile_dir(os.path.dirname(ttmedia.__file__), quiet=1)
+    else:
+        compileall.compile_dir(os.path.join(source, "ttmedia"), quiet=1)
+
+
 def pinning_available() -> bool:
     return shutil.which("taskset") is not None and (os.cpu_count() or 1) >= 2
 
