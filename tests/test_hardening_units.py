@@ -241,24 +241,28 @@ def test_stream_chunks_hand_items_over_in_order_and_survive_a_cancelled_wait() -
     assert asyncio.run(body()) == [1, 2, 3]
 
 
+def _priority() -> tuple[int, int]:
+    """The calling thread's scheduling policy and niceness."""
+    import os
+    import threading
+
+    return os.sched_getscheduler(0), os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+
+
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="per-thread priorities are Linux's")
 def test_media_decoding_threads_run_below_the_event_loops_priority() -> None:
     import asyncio
     import os
-    import threading
 
     from ttmedia.handlers import _uploads
-    from ttmedia.media.priority import MEDIA_CODEC_NICENESS
+    from ttmedia.media.priority import BULK_NICENESS
 
-    def niceness() -> int:
-        return os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    async def body() -> tuple[int, int]:
+        return await _uploads._off_loop(_priority)
 
-    async def body() -> int:
-        return await _uploads._off_loop(niceness)
-
-    base = niceness()
-    assert asyncio.run(body()) == max(base, MEDIA_CODEC_NICENESS)
-    assert niceness() == base  # the loop's own thread keeps its priority
+    base = _priority()
+    assert asyncio.run(body()) == (os.SCHED_IDLE, max(base[1], BULK_NICENESS))
+    assert _priority() == base  # the loop's own thread keeps its priority
 
 
 _PRELOAD_PROBE = """
@@ -301,21 +305,19 @@ def test_the_media_stack_imported_at_start_is_kept_out_of_the_collector() -> Non
     assert int(done.stdout.split()[-1]) >= 5_000
 
 
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="per-thread priorities are Linux's")
 def test_a_simulators_device_work_and_a_workers_encoding_run_below_the_loops_priority() -> None:
     """On TT hardware the device computes, not the host's CPU: the simulators' pixels and frames
-    are made at niceness 10, and a worker encodes results at the media codecs' niceness."""
+    are made in the background (SCHED_IDLE), and a worker encodes its results there too."""
     import asyncio
     import os
-    import threading
 
-    from ttmedia.media.priority import MEDIA_CODEC_NICENESS, niced_threads
-    from ttmedia.runners.sim import SIM_DEVICE_NICENESS, on_sim_device
+    from ttmedia.media.priority import BULK_NICENESS, background_threads
+    from ttmedia.runners.sim import on_sim_device
 
-    def niceness() -> int:
-        return os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
-
-    base = niceness()
-    assert asyncio.run(on_sim_device(niceness)) == max(base, SIM_DEVICE_NICENESS)
-    with niced_threads(1, MEDIA_CODEC_NICENESS, "test-encode") as pool:
-        assert pool.submit(niceness).result() == max(base, MEDIA_CODEC_NICENESS)
-    assert niceness() == base
+    base = _priority()
+    background = (os.SCHED_IDLE, max(base[1], BULK_NICENESS))
+    assert asyncio.run(on_sim_device(_priority)) == background
+    with background_threads(1, "test-encode") as pool:  # what a worker encodes on
+        assert pool.submit(_priority).result() == background
+    assert _priority() == base

@@ -19,7 +19,7 @@ import pybase64
 from starlette.datastructures import UploadFile
 
 from ttmedia.web import problems
-from ttmedia.media.priority import MEDIA_CODEC_NICENESS, niced_threads
+from ttmedia.media.priority import background_threads
 from ttmedia.media.errors import EncoderUnavailable, MediaError, MediaTooLong, UnsupportedMediaFormat
 
 if TYPE_CHECKING:
@@ -27,7 +27,7 @@ if TYPE_CHECKING:
 
 #: Media decodes in memory at once.
 MEDIA_DECODERS = 2
-_decoders = niced_threads(MEDIA_DECODERS, MEDIA_CODEC_NICENESS, "media-decode")
+_decoders = background_threads(MEDIA_DECODERS, "media-decode")  # below the loop: ttmedia.media.priority
 _OBJECT_REPR = re.compile(r"<[\w.]+ object at 0x[0-9a-fA-F]+>")
 
 T = TypeVar("T")

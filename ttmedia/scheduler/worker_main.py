@@ -31,7 +31,7 @@ from concurrent.futures import ThreadPoolExecutor
 from multiprocessing.connection import Connection
 from typing import Any
 
-from ttmedia.media.priority import MEDIA_CODEC_NICENESS, niced_threads
+from ttmedia.media.priority import background_threads
 from ttmedia.runners import registry
 from ttmedia.runners.base import CURRENT_CALL, CallControl, DeviceError, Runner, RunnerRequestError
 from ttmedia.runners.faults import FaultPlan
@@ -57,11 +57,12 @@ class Worker:
         # file descriptors (its self-pipe, a runner's own), far below select()'s limit.
         self.loop: asyncio.AbstractEventLoop = asyncio.SelectorEventLoop(selectors.SelectSelector())
         self.device = ThreadPoolExecutor(1, thread_name_prefix="ttmedia-device")
-        # Encoding pixels is bulk work: the niceness of the server's media decoding, so that on
-        # a shared host it yields the core to the event loop and the token streams. As many
-        # threads as cores, as the default executor had for it: a runner with several calls in
-        # flight may have several results to encode at once (threads start only when needed).
-        self.encoders = niced_threads(os.cpu_count() or 1, MEDIA_CODEC_NICENESS, "ttmedia-encode")
+        # Encoding pixels is bulk work, run in the background (SCHED_IDLE) as the server's media
+        # decoding is, so that on a shared host it yields the core to the event loop and the
+        # token streams. As many threads as cores, as the default executor had for it: a runner
+        # with several calls in flight may have several results to encode at once (threads
+        # start only when needed).
+        self.encoders = background_threads(os.cpu_count() or 1, "ttmedia-encode")
         self.tasks: dict[str, asyncio.Task[None]] = {}
         self.controls: dict[str, CallControl] = {}
         # Calls beyond the runner's max_concurrency wait here, in arrival order. The scheduler

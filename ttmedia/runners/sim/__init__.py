@@ -7,16 +7,15 @@ import functools
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from ttmedia.media.priority import niced_threads
+from ttmedia.media.priority import background_threads
 
 T = TypeVar("T")
 
-#: Niceness of the threads that make a simulator's output (pixels, frames). On TT hardware the
-#: device computes and the host's CPU stays with the server; here the output is made on the
-#: host, so it takes the CPU only when the event loop and the token streams leave it free.
-SIM_DEVICE_NICENESS = 10
-
-_device_threads = niced_threads(2, SIM_DEVICE_NICENESS, "sim-device")
+# The threads that make a simulator's output (pixels, frames). On TT hardware the device
+# computes and the host's CPU stays with the server; here the output is made on the host, so
+# it runs in the background (SCHED_IDLE): only when the event loop and the token streams
+# leave the CPU free.
+_device_threads = background_threads(2, "sim-device")
 
 
 async def on_sim_device(work: Callable[..., T], *args: Any) -> T:
