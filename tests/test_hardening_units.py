@@ -321,3 +321,39 @@ def test_a_simulators_device_work_and_a_workers_encoding_run_below_the_loops_pri
     with background_threads(1, "test-encode") as pool:  # what a worker encodes on
         assert pool.submit(_priority).result() == background
     assert _priority() == base
+
+
+def test_metrics_render_in_steps_gives_the_same_text_with_the_loop_running_between_families(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from ttmedia.observability import metrics as metrics_module
+
+    metrics = metrics_module.Metrics()
+    for i in range(25):
+        metrics.requests.labels(f"operation_{i}", "POST", "200").inc()
+        metrics.latency.labels(f"operation_{i}").observe(0.01 * i)
+    metrics.loop_lag.observe(0.001)
+    monkeypatch.setattr(metrics_module, "_STEP_S", 0.0)  # a yield at every step, on any machine
+    families = len(list(metrics.registry.collect()))
+
+    async def body() -> tuple[bytes, int]:
+        ticks = 0
+        stop = False
+
+        async def tick() -> None:
+            nonlocal ticks
+            while not stop:
+                await asyncio.sleep(0)
+                ticks += 1
+
+        ticker = asyncio.ensure_future(tick())
+        await asyncio.sleep(0)
+        ticks = 0
+        text = await metrics.render_in_steps()
+        stop = True
+        await ticker
+        return text, ticks
+
+    text, ticks = asyncio.run(body())
+    assert text == metrics.render()
+    assert b'ttmedia_http_request_duration_seconds_bucket{le="0.25",operation="operation_24"} 1.0' in text
+    assert ticks >= 2 * families  # the loop ran after each family was collected and after it was formatted

@@ -195,4 +195,4 @@ async def get_v2_model_ready(model: str) -> Response:
 
 
 async def get_metrics() -> Response:
-    return Response(current().metrics.render(), media_type=METRICS_CONTENT_TYPE)
+    return Response(await current().metrics.render_in_steps(), media_type=METRICS_CONTENT_TYPE)
