@@ -219,12 +219,13 @@ def test_streaming_chat_with_the_tiny_model(llm_server: LiveServer, tiny_dir: Pa
 
 
 def test_client_disconnect_stops_generation(llm_server: LiveServer, token_log: Path) -> None:
-    def records() -> list[list[str]]:
-        text = token_log.read_text() if token_log.exists() else ""
-        return [row for row in (line.split() for line in text.splitlines()) if row[0] not in seen_streams]
+    def all_records() -> list[list[str]]:
+        return [line.split() for line in token_log.read_text().splitlines()] if token_log.exists() else []
 
-    seen_streams: set[str] = set()
-    seen_streams = {row[0] for row in records()}  # the earlier tests' streams
+    def records() -> list[list[str]]:
+        return [row for row in all_records() if row[0] not in earlier_streams]
+
+    earlier_streams = {row[0] for row in all_records()}  # the earlier tests' streams
     with client(llm_server) as c:
         with c.stream("POST", "/v1/chat/completions",
                       json=chat_body(max_tokens=480, temperature=1.0, seed=9, stream=True)) as r:

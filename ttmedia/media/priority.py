@@ -33,15 +33,14 @@ def nice_at_least(task: int, niceness: int) -> None:
         pass
 
 
-def run_in_background(task: int = 0) -> bool:
-    """Move `task` (0: the calling thread) to SCHED_IDLE, at BULK_NICENESS; False where the
-    policy is not available (the niceness is still raised)."""
-    nice_at_least(task or threading.get_native_id(), BULK_NICENESS)
+def run_in_background() -> None:
+    """Move the calling thread to SCHED_IDLE, at BULK_NICENESS (the niceness alone where the
+    policy is not available)."""
+    nice_at_least(threading.get_native_id(), BULK_NICENESS)
     try:
-        os.sched_setscheduler(task, os.SCHED_IDLE, os.sched_param(0))
+        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))  # 0: the calling thread
     except (AttributeError, OSError):
-        return False
-    return True
+        pass
 
 
 def background_threads(workers: int, name: str) -> ThreadPoolExecutor:

@@ -59,12 +59,9 @@ class Metrics:
         self.registry.register(SchedulerCollector(scheduler))
         scheduler.observer = self
 
-    def render(self) -> bytes:
-        return generate_latest(self.registry)
-
     async def render_in_steps(self) -> bytes:
-        """What `render` returns, made one metric family at a time with the event loop running
-        between families. In one call, a scrape held the loop for 3-10 ms (prometheus_client's
+        """The text format of every metric (what `generate_latest` returns for the registry),
+        made one metric family at a time with the event loop running between families. In one call, a scrape held the loop for 3-10 ms (prometheus_client's
         text format is plain Python: ~500 lines for the latency histogram of 25 operations),
         and every token stream waited that long at each scrape."""
         parts: list[bytes] = []
