@@ -78,7 +78,9 @@ def test_a_large_message_is_pickled_off_the_loop_and_keeps_its_place(loop_factor
                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
     import numpy as np
 
+    from ttmedia.runners.types import ImageRequest
     from ttmedia.scheduler import channel as channel_module
+    from ttmedia.scheduler.protocol import BATCH
 
     ours, worker = multiprocessing.Pipe(duplex=True)
     pickled_on: list[str] = []
@@ -96,10 +98,14 @@ def test_a_large_message_is_pickled_off_the_loop_and_keeps_its_place(loop_factor
         assert channel.send(("run", "before", b"small"))
         assert channel.send(("run", "large", {"pixels": pixels}))
         assert channel.send(("run", "after", b"small"))  # behind the large one, not ahead of it
-        received = await asyncio.to_thread(lambda: [worker.recv() for _ in range(3)])
-        assert [m[1] for m in received] == ["before", "large", "after"]
+        # As the scheduler sends an image edit: a batch holding a request dataclass (slots).
+        edit = ImageRequest(prompt="repaint", task="edit", image=pixels)
+        assert channel.send((BATCH, [("run", "edit", edit), ("run", "tiny", b"")]))
+        received = await asyncio.to_thread(lambda: [worker.recv() for _ in range(4)])
+        assert [m[1] for m in received[:3]] == ["before", "large", "after"]
         assert np.array_equal(received[1][2]["pixels"], pixels)
-        assert pickled_on == ["worker-writer"], pickled_on  # not the loop's thread
+        assert np.array_equal(received[3][1][0][2].image, pixels)
+        assert pickled_on == ["worker-writer"] * 2, pickled_on  # not the loop's thread
         channel.close()
 
     run(loop_factory, main)
@@ -139,3 +145,41 @@ def test_a_pipe_error_is_logged_not_taken_for_a_quiet_end(caplog: pytest.LogCapt
     assert eof.is_set()
     assert any("worker 0 of test" in r.getMessage() and "ECONNRESET" in r.getMessage() for r in caplog.records), \
         [r.getMessage() for r in caplog.records]
+
+
+@LOOPS
+def test_a_large_message_from_the_worker_is_read_into_place_not_into_a_growing_buffer(loop_factory: Any) -> None:
+    from ttmedia.scheduler import channel as channel_module
+
+    ours, worker = multiprocessing.Pipe(duplex=True)
+    result = bytes(range(256)) * (12 * 1024)  # 3 MB, as an image result
+
+    async def main() -> None:
+        received: list[Any] = []
+        eof = asyncio.Event()
+        channel = Channel(ours, asyncio.get_running_loop(), received.extend, eof.set)
+        largest = 0
+        real_readable = channel._readable
+
+        def watched() -> None:
+            nonlocal largest
+            real_readable()
+            largest = max(largest, len(channel._buffer))
+
+        asyncio.get_running_loop().remove_reader(channel.sock.fileno())
+        asyncio.get_running_loop().add_reader(channel.sock.fileno(), watched)
+
+        def send_all() -> None:
+            worker.send(("small", 1, b"x"))
+            worker.send(("result", 2, result))
+            worker.send(("small", 3, b"y"))
+            worker.close()
+
+        threading.Thread(target=send_all).start()
+        await asyncio.wait_for(eof.wait(), 30)
+        assert [m[:2] for m in received] == [("small", 1), ("result", 2), ("small", 3)]
+        assert received[1][2] == result
+        # The read buffer holds at most a read's worth: the result went straight into its own.
+        assert largest <= 2 * channel_module._READ_SIZE, largest
+
+    run(loop_factory, main)

@@ -19,6 +19,7 @@ import pybase64
 from starlette.datastructures import UploadFile
 
 from ttmedia.web import problems
+from ttmedia.web.large_json import join_bytes
 from ttmedia.media.priority import background_threads
 from ttmedia.media.errors import EncoderUnavailable, MediaError, MediaTooLong, UnsupportedMediaFormat
 
@@ -136,7 +137,7 @@ async def b64decode_in_pieces(text: str, field: str) -> bytes:
         decoded.append(_decode_quanta(payload[:keep], field))
         carry = payload[keep:]
         await asyncio.sleep(0)
-    return b"".join(decoded)
+    return await join_bytes(decoded, sum(map(len, decoded)))
 
 
 async def _plain_base64_in_pieces(text: str) -> bytes | None:
@@ -158,7 +159,7 @@ async def _plain_base64_in_pieces(text: str) -> bytes | None:
         except (binascii.Error, ValueError):
             return None
         await asyncio.sleep(0)
-    return b"".join(decoded)
+    return await join_bytes(decoded, sum(map(len, decoded)))
 
 
 async def image_bytes(value: str, field: str) -> bytes:

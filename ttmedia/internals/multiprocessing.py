@@ -72,17 +72,25 @@ def frame_header(size: int) -> bytes:
     return _SHORT.pack(-1) + _LONG.pack(size) if size > _SHORT_MAX else _SHORT.pack(size)
 
 
-def next_frame(buffer: bytes | bytearray, start: int) -> tuple[int, int] | None:
-    """(payload start, payload end) of the frame at `start`, or None until it is complete."""
+def frame_extent(buffer: bytes | bytearray, start: int) -> tuple[int, int] | None:
+    """(header length, payload size) of the frame at `start`, or None until its header is complete."""
     available = len(buffer) - start
     if available < 4:
         return None
     size = _SHORT.unpack_from(buffer, start)[0]
-    header = 4
-    if size == -1:
-        if available < 12:
-            return None
-        size, header = _LONG.unpack_from(buffer, start + 4)[0], 12
+    if size != -1:
+        return 4, size
+    if available < 12:
+        return None
+    return 12, _LONG.unpack_from(buffer, start + 4)[0]
+
+
+def next_frame(buffer: bytes | bytearray, start: int) -> tuple[int, int] | None:
+    """(payload start, payload end) of the frame at `start`, or None until it is complete."""
+    extent = frame_extent(buffer, start)
+    if extent is None:
+        return None
+    header, size = extent
     end = start + header + size
     if end > len(buffer):
         return None

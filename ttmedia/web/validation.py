@@ -72,14 +72,17 @@ class ClientLeft(asyncio.CancelledError):
 
 async def _read_body(receive: Receive) -> bytes:
     chunks = []
+    size = 0
     more = True
     while more:
         message = await receive()
         if message["type"] != "http.request":
             raise ClientLeft("the client left before its request body was complete")
-        chunks.append(message.get("body", b""))
+        chunk = message.get("body", b"")
+        chunks.append(chunk)
+        size += len(chunk)
         more = message.get("more_body", False)
-    return b"".join(chunks)
+    return await large_json.join_bytes(chunks, size) if chunks else b""
 
 
 def json_depth(value: t.Any, limit: int) -> int:
