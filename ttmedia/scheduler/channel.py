@@ -148,7 +148,8 @@ class Channel:
         if extent is not None and extent[1] >= LARGE:
             header, size = extent
             self._large = bytearray(size)
-            self._large[:len(buffer) - header] = memoryview(buffer)[header:]
+            with memoryview(buffer) as view:
+                self._large[:len(buffer) - header] = view[header:]
             self._large_filled = len(buffer) - header
             buffer.clear()
         if messages:

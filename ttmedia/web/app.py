@@ -39,6 +39,7 @@ from starlette.formparsers import MultiPartException
 from starlette.middleware.cors import CORSMiddleware
 
 from ttmedia import startup
+from ttmedia.media.memory import reuse_large_blocks
 
 from ttmedia.web import fastpath, httpguard, problems
 from ttmedia.web.body_lane import BodyLane
@@ -334,6 +335,7 @@ def _build(settings: Settings, server: Any = None) -> AsyncApp:
         gc.freeze()
         gc.set_threshold(10_000, 20, 20)
         gc.enable()
+        reuse_large_blocks()  # an upload's buffers reuse mapped pages (ttmedia.media.memory)
         try:
             yield {"runtime": runtime}
         finally:
