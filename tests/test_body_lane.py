@@ -130,3 +130,34 @@ def test_a_stream_that_ends_first_is_not_cancelled_by_a_late_disconnect() -> Non
         return "after"
 
     assert asyncio.run(scenario()) == "after"
+
+
+def test_a_finished_request_leaves_no_reference_cycle_for_the_collector() -> None:
+    import gc
+    import weakref
+
+    class Cycle:
+        """As uvicorn's RequestResponseCycle: it holds the scope, and its bound send is the
+        server's send that the lane keeps."""
+
+        def __init__(self) -> None:
+            self.scope = {"type": "http", "asgi": {"spec_version": "2.3"}, "method": "POST", "path": "/"}
+
+        async def receive(self) -> Any:
+            await asyncio.sleep(3600)
+
+        async def send(self, message: Any) -> None:
+            pass
+
+    async def main() -> weakref.ref:
+        cycle = Cycle()
+        app = BodyLane(SeenBy(LaneStreamingResponse(_events(), media_type="text/event-stream")))
+        await app(cycle.scope, cycle.receive, cycle.send)
+        return weakref.ref(cycle)
+
+    gc.disable()
+    try:
+        gone = asyncio.run(main())
+        assert gone() is None, gc.get_referrers(gone())  # freed by its last reference, no collection needed
+    finally:
+        gc.enable()

@@ -54,7 +54,13 @@ class BodyLane:
                 lane.started = True
             await send(message)
 
-        await self.app(scope, receive, send_seen)
+        try:
+            await self.app(scope, receive, send_seen)
+        finally:
+            # The lane holds the server's send, which holds the request cycle, which holds this
+            # scope: without this the three made a reference cycle per request, left for the
+            # collector (~10 objects each; a young collection freed 4,000-6,800 at a time).
+            scope.pop(LANE, None)
 
 
 class LaneStreamingResponse(StreamingResponse):
