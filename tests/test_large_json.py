@@ -138,3 +138,21 @@ def test_base64_pieces_agree_with_one_call_on_fuzzed_text(monkeypatch: pytest.Mo
         if len(text) <= 8:
             continue
         assert _in_pieces_verdict(text) == _one_call_verdict(text), text
+
+
+def test_a_large_join_is_copied_on_a_thread_and_a_small_one_in_place(monkeypatch: pytest.MonkeyPatch) -> None:
+    threads: list[object] = []
+    real_to_thread = asyncio.to_thread
+
+    async def recording(function: object, *args: object) -> object:
+        threads.append(function)
+        return await real_to_thread(function, *args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(large_json.asyncio, "to_thread", recording)
+    big = [bytes([i]) * (2 << 20) for i in range(3)]  # 6 MB
+    small = [b"a", b"b", b"c"]
+    assert asyncio.run(large_json.join_bytes(big, 6 << 20)) == b"".join(big)
+    assert asyncio.run(large_json.join_bytes(small, 3)) == b"abc"
+    one = b"x" * 100
+    assert asyncio.run(large_json.join_bytes([one], 100)) is one
+    assert len(threads) == 1  # only the large one

@@ -47,7 +47,7 @@ class BadString(ValueError):
 
 async def join_bytes(parts: list[bytes], size: int) -> bytes:
     """b"".join(parts), whose total is `size` bytes; a large one copied off the event loop."""
-    if len(parts) == 1:
+    if len(parts) == 1 and type(parts[0]) is bytes:
         return parts[0]
     if size < JOIN_IN_THREAD_BYTES:
         return b"".join(parts)
